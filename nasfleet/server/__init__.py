@@ -1,0 +1,1 @@
+"""Server side: Flower ServerApp, orchestrator, Celery tasks, SQLModel registry and tenant API."""

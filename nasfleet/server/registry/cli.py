@@ -1,0 +1,207 @@
+"""``nasfleet registry``: list, show and export what a registry holds.
+
+The registry is named by ``--registry URL``, else by the environment variable ``NASFLEET_REGISTRY``,
+else ``sqlite:///nasfleet-registry.db`` in the current directory. These commands only read: they never
+create a registry, and a SQLite file that does not exist is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from nasfleet.server.registry.models import JobRecord, RegistryError, ReportRecord
+from nasfleet.server.registry.storage import DEFAULT_URL, Registry
+
+registry_app = typer.Typer(
+    help="List, show and export the registry's tenants, devices, jobs, results and reports.",
+    no_args_is_help=True,
+)
+
+RegistryOption = Annotated[
+    str,
+    typer.Option(
+        "--registry",
+        envvar="NASFLEET_REGISTRY",
+        help="Registry URL: sqlite:///FILE or postgresql+psycopg://USER@HOST:PORT/DATABASE.",
+    ),
+]
+TenantOption = Annotated[str | None, typer.Option("--tenant", help="Only this tenant's rows.")]
+Rows = tuple[list[str], list[list[str]]]
+
+
+def open_registry(url: str) -> Registry:
+    """The registry at *url*, which must exist already; a bad URL is a ``--registry`` usage error."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise typer.BadParameter(
+            f"must be an SQLAlchemy URL, but got {url!r}", param_hint="--registry"
+        ) from None
+    database = parsed.database or ""
+    file_backed = parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
+    if file_backed and not Path(database).is_file():
+        raise typer.BadParameter(
+            f"must name an existing registry, but {database!r} does not exist", param_hint="--registry"
+        )
+    try:
+        return Registry(url)
+    except RegistryError as error:
+        raise typer.BadParameter(str(error), param_hint="--registry") from None
+
+
+def _when(moment: datetime | None) -> str:
+    return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def _tenants(registry: Registry, tenant: str | None) -> Rows:
+    rows = [[t.name, str(t.id), _when(t.created_at)] for t in registry.list_tenants()]
+    return ["tenant", "id", "created (UTC)"], [row for row in rows if tenant in (None, row[0])]
+
+
+def _devices(registry: Registry, tenant: str | None) -> Rows:
+    header = ["tenant", "device", "tier", "status", "characteristics", "updated (UTC)"]
+    return header, [
+        [d.tenant, d.name, d.tier, d.status, (d.characteristics_hash or "")[:12], _when(d.updated_at)]
+        for d in registry.list_devices(tenant)
+    ]
+
+
+def _jobs(registry: Registry, tenant: str | None) -> Rows:
+    header = ["job", "tenant", "device", "space", "strategy", "status", "told", "best score", "updated (UTC)"]
+    return header, [_job_cells(job) for job in registry.list_jobs(tenant=tenant)]
+
+
+def _job_cells(j: JobRecord) -> list[str]:
+    told, best, updated = f"{j.evaluations_done}/{j.budget}", _number(j.best_score), _when(j.updated_at)
+    return [j.id, j.tenant, j.device or "", j.space, j.strategy, j.status, told, best, updated]
+
+
+def _results(registry: Registry, tenant: str | None) -> Rows:
+    return ["job", "arch", "score", "params", "flops"], [
+        [r.job_id, r.arch, _number(r.score), str(r.params), str(r.flops)]
+        for r in registry.list_results(tenant=tenant)
+    ]
+
+
+def _reports(registry: Registry, tenant: str | None) -> Rows:
+    return _report_rows(registry.list_reports(tenant=tenant))
+
+
+def _report_rows(reports: list[ReportRecord]) -> Rows:
+    header = ["id", "job", "device", "arch", "accuracy", "loss", "latency ms (predicted)", "latency ms"]
+    return header, [_report_cells(report) for report in reports]
+
+
+def _report_cells(r: ReportRecord) -> list[str]:
+    numbers = [
+        _number(value) for value in (r.accuracy, r.loss, r.latency_ms_predicted, r.latency_ms_measured)
+    ]
+    return [str(r.id), r.job_id, r.device or "", r.arch, *numbers]
+
+
+LISTINGS: dict[str, Callable[[Registry, str | None], Rows]] = {
+    "tenants": _tenants, "devices": _devices, "jobs": _jobs, "results": _results, "reports": _reports,
+}  # fmt: skip
+
+
+def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    table = Table(title=title)
+    for name in header:
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+@registry_app.command("list")
+def list_command(
+    registry: RegistryOption = DEFAULT_URL,
+    what: Annotated[
+        str, typer.Option("--what", click_type=click.Choice(list(LISTINGS)), help="What to list.")
+    ] = "jobs",
+    tenant: TenantOption = None,
+) -> None:
+    """Print the registry's tenants, devices, jobs, results or reports as a table."""
+    with open_registry(registry) as opened:
+        header, rows = LISTINGS[what](opened, tenant)
+    _print_table(f"{what} ({len(rows)})", header, rows)
+
+
+@registry_app.command("show")
+def show_command(
+    job_id: Annotated[str, typer.Argument(help="The job's id, as `nasfleet registry list` prints it.")],
+    registry: RegistryOption = DEFAULT_URL,
+) -> None:
+    """Print one job: its configuration and progress, its result and its devices' training reports."""
+    with open_registry(registry) as opened:
+        job = opened.get_job(job_id)
+        if job is None:
+            raise click.ClickException(f"JOB_ID must be the id of a registered job, but got {job_id!r}")
+        result, reports = opened.get_result(job_id), opened.list_reports(job_id=job_id)
+        evaluations = len(opened.evaluations(job_id))
+    fields: dict[str, Any] = {
+        "job": job.id, "tenant": job.tenant, "device": job.device, "status": job.status,
+        "space": job.space, "strategy": job.strategy, "strategy config": json.dumps(job.strategy_config),
+        "options": json.dumps(job.options), "constraints": json.dumps(job.constraints),
+        "characteristics": job.characteristics_hash, "budget": job.budget, "seed": job.seed,
+        "told": job.evaluations_done, "evaluations stored": evaluations, "best arch": job.best_arch,
+        "best score": _number(job.best_score), "error": job.error,
+        "created (UTC)": _when(job.created_at), "updated (UTC)": _when(job.updated_at),
+    }  # fmt: skip
+    if result is not None:
+        fields.update({"result arch": result.arch, "result score": _number(result.score)})
+        fields.update({"result params": result.params, "result flops": result.flops})
+    rows = [[name, "" if value is None else str(value)] for name, value in fields.items()]
+    _print_table(f"job {job.id}", ["field", "value"], rows)
+    if reports:
+        _print_table(f"reports ({len(reports)})", *_report_rows(reports))
+
+
+@registry_app.command("export")
+def export_command(
+    registry: RegistryOption = DEFAULT_URL,
+    export_format: Annotated[
+        str, typer.Option("--format", click_type=click.Choice(["json"]), help="Output format.")
+    ] = "json",
+    out: Annotated[Path | None, typer.Option("--out", help="Write here (atomically), not to stdout.")] = None,
+) -> None:
+    """Export everything but the evaluation cache and API key secrets, as one JSON document."""
+    with open_registry(registry) as opened:
+        data = opened.export()
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    _write_atomically(out, text)
+    counts = ", ".join(f"{len(data[name])} {name}" for name in ("tenants", "jobs", "evaluations", "reports"))
+    typer.echo(f"wrote {out}: {counts}", err=True)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write *path* so that a reader sees the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
