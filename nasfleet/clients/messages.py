@@ -336,3 +336,26 @@ class TrainingReport:
 
 def _plain(message: object) -> Scalars:
     return {f.name: getattr(message, f.name) for f in fields(message)}  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    """Who a device is: its tenant and its device name, unique within the tenant."""
+
+    tenant: str
+    device: str
+
+    def to_wire(self) -> tuple[Scalars, Arrays]:
+        return {"kind": "identity", "version": SCHEMA_VERSION, **_plain(self)}, {}
+
+    @classmethod
+    def from_wire(cls, scalars: Wire, arrays: Wire | None = None) -> DeviceIdentity:
+        _check_version(scalars, "identity")
+        return cls(_name(scalars, "tenant"), _name(scalars, "device"))
+
+
+def _name(scalars: Wire, field: str) -> str:
+    value = _text(scalars, field, 64)
+    ok = all(ch.isalnum() or ch in "_.-" for ch in value) and value.isascii()
+    require(ok, field, "1-64 characters of [A-Za-z0-9_.-]", value)
+    return value

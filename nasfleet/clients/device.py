@@ -1,0 +1,234 @@
+"""Simulated edge hardware: device tiers, on-device latency calibration and the latency model.
+
+A federation simulated on one machine still needs heterogeneous devices. Each `DeviceTier` carries the
+`ResourceConstraints` a device of that class sends to the server (DESIGN step 1) and a ``slowdown``
+factor. The slowdown is *emulation*: every network runs on this host, and each time measured on it is
+multiplied by the tier's slowdown, as if the hardware were that many times slower. Nothing sleeps.
+
+`calibrate_profile` fits the `DeviceProfile` latency model ``latency_ms = overhead_ms + flops /
+flops_per_ms`` by timing a fixed ladder of NAS-Bench-201 reference networks on this host, and
+`latency_model` turns a profile into the predictor the orchestrator uses to reject slow candidates.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from nasfleet.clients.messages import DeviceProfile, ResourceConstraints
+from nasfleet.spaces import Genome, InputShape, SearchSpace, get_space
+from nasfleet.spaces.base import check_input_shape
+
+#: The input shape at which the tiers' FLOP limits are stated (CIFAR-10 images).
+REFERENCE_INPUT_SHAPE: InputShape = (3, 32, 32)
+DEFAULT_REPEATS = 7
+DEFAULT_WARMUP = 2
+#: Fastest throughput a fit may report (MACs per ms); keeps ``flops_per_ms`` finite when times are flat.
+MAX_FLOPS_PER_MS = 1e12
+
+#: The calibration ladder: NAS-Bench-201 cells from the cheapest to the dearest in FLOPs (7.8 M, 31.4 M,
+#: about 90 M and 220.1 M at 3×32×32). Pooling is left out because FLOP counts ignore it (see
+#: ``nasfleet.spaces.counting``), so a pooling-heavy reference would only add scatter to the fit.
+REFERENCE_ARCHS: tuple[str, ...] = (
+    "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|",
+    "|nor_conv_1x1~0|+|nor_conv_1x1~0|nor_conv_1x1~1|+|nor_conv_1x1~0|nor_conv_1x1~1|nor_conv_1x1~2|",
+    "|nor_conv_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|",
+    "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|",
+)
+
+
+@dataclass(frozen=True)
+class DeviceTier:
+    """A class of emulated edge hardware.
+
+    Attributes
+    ----------
+    name
+        Short name, also the ``tier`` of the profiles calibrated for it.
+    slowdown
+        Emulation factor (> 0; >= 1 for hardware slower than this host): times measured on this host
+        are multiplied by it.
+    constraints
+        Limits stated for `REFERENCE_INPUT_SHAPE`. ``max_flops`` scales with the input's spatial size
+        (see `constraints_for`); ``max_params`` and ``max_memory_mb`` do not depend on the input, and
+        ``max_latency_ms`` is an absolute deadline in emulated milliseconds.
+    """
+
+    name: str
+    slowdown: float
+    constraints: ResourceConstraints
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.slowdown) and self.slowdown > 0):
+            raise ValueError(f"slowdown must be a positive finite number, but got {self.slowdown}")
+        if self.constraints.max_memory_mb is None:
+            raise ValueError(f"constraints.max_memory_mb must be set for a tier, but got None ({self.name})")
+
+    @property
+    def memory_mb(self) -> float:
+        """Memory available for the model's weights, in MiB."""
+        assert self.constraints.max_memory_mb is not None
+        return self.constraints.max_memory_mb
+
+    def constraints_for(self, input_shape: InputShape) -> ResourceConstraints:
+        """The tier's constraints for inputs of ``input_shape``.
+
+        A NAS-Bench-201 network's FLOPs grow with the number of spatial positions ``H * W`` (every
+        layer's output is a fixed fraction of the input's area) and hardly with the channels, so
+        ``max_flops`` is scaled by ``H * W / (32 * 32)``. Parameters, memory and the latency deadline
+        are kept: weights do not depend on the input size, and a deadline is a property of the task.
+        """
+        _, height, width = check_input_shape(input_shape, 2)
+        limit = self.constraints.max_flops
+        if limit is None:
+            return self.constraints
+        _, ref_height, ref_width = REFERENCE_INPUT_SHAPE
+        scaled = max(1, round(limit * height * width / (ref_height * ref_width)))
+        return replace(self.constraints, max_flops=scaled)
+
+
+#: Tiers from the tightest to the loosest. At 3×32×32 (and at 1×8×8 after scaling) about 26 %, 62 % and
+#: 90 % of the 15,625 NB201 cells meet the params/FLOPs/memory limits of micro, mobile and edge-gpu.
+#: The deadlines grow looser per unit of host time (50/8, 30/4, 15/1 ms) and sit 2.5-4× above the
+#: latency predicted for each tier's FLOP budget on the development host (a 2-core x86 VM), so the
+#: FLOP limit binds there; the deadline binds on slower hosts and is a guard on real measurements.
+DEVICE_TIERS: tuple[DeviceTier, ...] = (
+    DeviceTier("micro", 8.0, ResourceConstraints(200_000, 25_000_000, 50.0, 1.0)),
+    DeviceTier("mobile", 4.0, ResourceConstraints(400_000, 60_000_000, 30.0, 2.0)),
+    DeviceTier("edge-gpu", 1.0, ResourceConstraints(800_000, 120_000_000, 15.0, 4.0)),
+)
+
+
+def get_tier(name: str) -> DeviceTier:
+    """The tier of `DEVICE_TIERS` called ``name``."""
+    for tier in DEVICE_TIERS:
+        if tier.name == name:
+            return tier
+    raise ValueError(f"tier must be one of {[t.name for t in DEVICE_TIERS]}, but got {name!r}")
+
+
+def assign_tiers(n_devices: int, seed: int) -> tuple[DeviceTier, ...]:
+    """A deterministic heterogeneous mix of ``n_devices`` tiers.
+
+    The tiers are dealt in turn (so counts differ by at most one and every tier appears once
+    ``n_devices >= len(DEVICE_TIERS)``), then shuffled by ``seed``.
+    """
+    if n_devices < 1:
+        raise ValueError(f"n_devices must be >= 1, but got {n_devices}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, but got {seed}")
+    dealt = [DEVICE_TIERS[i % len(DEVICE_TIERS)] for i in range(n_devices)]
+    order = np.random.default_rng(seed).permutation(n_devices)
+    return tuple(dealt[int(i)] for i in order)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_latency_ms(
+    network: nn.Module,
+    input_shape: InputShape,
+    slowdown: float = 1.0,
+    repeats: int = DEFAULT_REPEATS,
+    *,
+    warmup: int = DEFAULT_WARMUP,
+) -> float:
+    """Emulated inference latency of one sample: median wall time of ``repeats`` runs × ``slowdown``.
+
+    Runs in eval mode under `torch.inference_mode` with one torch thread after ``warmup`` untimed
+    runs; the network's training mode and the thread count are restored afterwards.
+    """
+    if not (math.isfinite(slowdown) and slowdown > 0):
+        raise ValueError(f"slowdown must be a positive finite number, but got {slowdown}")
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, but got {repeats=}, {warmup=}")
+    device = next((p.device for p in network.parameters()), torch.device("cpu"))
+    sample = torch.zeros(1, *input_shape, device=device)
+    was_training, threads = network.training, torch.get_num_threads()
+    times: list[float] = []
+    try:
+        network.eval()
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            for run in range(warmup + repeats):
+                _synchronize(device)
+                start = time.perf_counter()
+                network(sample)
+                _synchronize(device)
+                if run >= warmup:
+                    times.append(time.perf_counter() - start)
+    finally:
+        network.train(was_training)
+        torch.set_num_threads(threads)
+    return statistics.median(times) * 1e3 * slowdown
+
+
+def fit_latency(flops: Sequence[int], latencies_ms: Sequence[float]) -> tuple[float, float]:
+    """Least-squares fit of ``latency = overhead + flops / flops_per_ms`` with ``overhead >= 0``.
+
+    Returns ``(flops_per_ms, overhead_ms)``. When the unconstrained intercept is negative the line is
+    refitted through the origin (the constrained optimum). When the slope is not positive (times do not
+    grow with FLOPs) the throughput is capped at `MAX_FLOPS_PER_MS` and the overhead is the mean time.
+    """
+    x, y = np.asarray(flops, dtype=float), np.asarray(latencies_ms, dtype=float)
+    if x.shape != y.shape or x.size < 2 or np.ptp(x) <= 0:
+        raise ValueError(f"the fit needs >= 2 points with distinct FLOPs, but got flops {list(flops)}")
+    if not (np.isfinite(y).all() and (y > 0).all()):
+        raise ValueError(f"latencies must be positive and finite, but got {list(latencies_ms)}")
+    slope, overhead = (float(v) for v in np.polyfit(x, y, 1))
+    # With positive times a negative intercept implies a positive slope and vice versa: one case at most.
+    if overhead < 0:
+        slope, overhead = float(x @ y / (x @ x)), 0.0
+    elif slope <= 0:
+        slope = 1.0 / MAX_FLOPS_PER_MS
+        overhead = float(np.mean(y - slope * x))
+    return 1.0 / slope, overhead
+
+
+def calibrate_profile(
+    tier: DeviceTier,
+    input_shape: InputShape,
+    num_classes: int,
+    *,
+    seed: int = 0,
+    repeats: int = DEFAULT_REPEATS,
+) -> DeviceProfile:
+    """Fit the tier's latency model by timing the `REFERENCE_ARCHS` networks on this host.
+
+    Each network (initialised under ``seed``) is timed with `measure_latency_ms` at batch 1, and the
+    times, multiplied by ``tier.slowdown``, are fitted with `fit_latency`. Takes well under a second at
+    3×32×32 on one CPU thread. ``memory_mb`` is the tier's weight memory.
+    """
+    shape = check_input_shape(input_shape, num_classes)
+    space = get_space("nb201")
+    flops, times = [], []
+    with torch.random.fork_rng(devices=[]):  # seed the weights without disturbing the caller's stream
+        torch.manual_seed(seed)
+        for text in REFERENCE_ARCHS:
+            arch = space.decode(text)
+            network = space.build(arch, num_classes, shape)
+            flops.append(space.cost(arch, num_classes, shape).flops)
+            times.append(measure_latency_ms(network, shape, tier.slowdown, repeats))
+    flops_per_ms, overhead_ms = fit_latency(flops, times)
+    return DeviceProfile(tier.name, flops_per_ms, overhead_ms, tier.memory_mb)
+
+
+def latency_model(
+    profile: DeviceProfile, space: SearchSpace, num_classes: int, input_shape: InputShape
+) -> Callable[[Genome], float]:
+    """Predicted latency (ms) of an architecture of ``space`` from its exact FLOPs on ``profile``."""
+    shape = check_input_shape(input_shape, num_classes)
+
+    def predict(arch: Genome) -> float:
+        return profile.predict_latency_ms(space.cost(arch, num_classes, shape).flops)
+
+    return predict
