@@ -18,6 +18,17 @@ Cache key: the canonical arch string. Within one `run_search` the probe batch, t
 set are fixed, so the arch alone identifies an evaluation; the orchestrator's shared cache adds the
 characteristics hash and the proxy configuration to the key.
 
+Shared proxy-value cache (optional ``cache`` of `run_search`): raw proxy values depend only on the
+arch and the scoring inputs (probe batch, scoring seed, proxy set), never on the strategy, so searches
+that share those inputs may share raw values. The cache maps an arch string to ``(raw values, the
+seconds its original scoring took)``. It is consulted only for archs new to this search's archive and
+filled after scoring; a hit enters the archive exactly as if scored now (with its original seconds), so
+the archive, the aggregate, the budget and every decision are the same as without the cache. Keeping
+the scoring inputs equal across the searches sharing one cache is the caller's duty: the key is the
+arch alone. Timing: ``scoring_seconds`` is measured scoring only; the hits' original seconds are
+reported apart (``cached_scoring_seconds``), and ``uncached_wall_seconds`` adds them back to give what
+the search would have taken without the cache. Cache reads and writes are counted as overhead.
+
 Best-so-far under re-ranking: after each step, the best is the arch with the highest aggregate over
 the archive *as it then was* (ties to the earliest evaluated); `SearchResult.history` records that
 value as it was known then. The reported best is the argmax of the *final* aggregate, so it may differ
@@ -28,7 +39,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -41,10 +52,13 @@ from nasfleet.proxies.base import ProxyError
 from nasfleet.proxies.engine import ScoreTable, add_aggregates, expand_names, score_archs
 from nasfleet.proxies.probe import ProbeBatch
 from nasfleet.spaces import SPACES, ArchitectureError, Genome, SearchSpace
-from nasfleet.strategies.base import Constraints, Feasibility, Strategy
+from nasfleet.strategies.base import Constraints, Feasibility, LatencyModel, Strategy
 from nasfleet.strategies.discovery import get_strategy
 
 RESULT_VERSION = 1
+
+ProxyCache = MutableMapping[str, tuple[dict[str, float], float]]
+"""Arch string -> (raw proxy values, seconds its original scoring took); see the module docstring."""
 
 
 class SearchError(ValueError):
@@ -66,7 +80,10 @@ class SearchConfig:
 
     ``ask_size`` is how many architectures are asked of the strategy per step (one scoring batch);
     ``aggregate`` names the population-level fitness (an aggregate, not a raw proxy); ``labeled`` says
-    whether the probe batch has labels (alpha), which decides the aggregate's inputs.
+    whether the probe batch has labels (alpha), which decides the aggregate's inputs. ``seed`` seeds the
+    strategy and, unless ``scoring_seed`` is set, the scoring (network initialisation and the probe's
+    own randomness); set ``scoring_seed`` to keep the scoring fixed while ``seed`` varies the strategy,
+    e.g. to share a proxy-value cache between searches. The probe batch is the caller's.
     """
 
     space: str
@@ -78,12 +95,15 @@ class SearchConfig:
     labeled: bool = True
     aggregate: str = "fgnas"
     constraints: Constraints = field(default_factory=Constraints)
+    scoring_seed: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.space in SPACES, "space", f"one of {sorted(SPACES)}", self.space)
         _require(isinstance(self.strategy, str) and bool(self.strategy), "strategy", "a name", self.strategy)
         _require(_is_int(self.budget) and self.budget >= 1, "budget", "an integer >= 1", self.budget)
         _require(_is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        _require(self.scoring_seed is None or (_is_int(self.scoring_seed) and self.scoring_seed >= 0),
+                 "scoring_seed", "None or an integer >= 0", self.scoring_seed)  # fmt: skip
         _require(_is_int(self.ask_size) and self.ask_size >= 1, "ask_size", "an integer >= 1", self.ask_size)
         _require(isinstance(self.labeled, bool), "labeled", "a boolean", self.labeled)
         _require(isinstance(self.constraints, Constraints), "constraints", "Constraints", self.constraints)
@@ -107,13 +127,20 @@ class SearchConfig:
         """The raw proxies the aggregate reads, given ``labeled``."""
         return expand_names(self.aggregate, self.labeled)[0]
 
+    @property
+    def proxy_seed(self) -> int:
+        """The seed the scoring uses: ``scoring_seed``, or ``seed`` when that is None."""
+        return self.seed if self.scoring_seed is None else self.scoring_seed
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "strategy_config": dict(self.strategy_config)}
 
 
-def feasibility(space: SearchSpace, config: SearchConfig, batch: ProbeBatch) -> Feasibility:
+def feasibility(
+    space: SearchSpace, config: SearchConfig, batch: ProbeBatch, latency_model: LatencyModel | None = None
+) -> Feasibility:
     """The feasibility check of ``config``'s constraints, with costs for the probe batch's data shape."""
-    return Feasibility(space, config.constraints, batch.num_classes, batch.input_shape)
+    return Feasibility(space, config.constraints, batch.num_classes, batch.input_shape, latency_model)
 
 
 def make_strategy(space: SearchSpace, config: SearchConfig, batch: ProbeBatch) -> Strategy:
@@ -152,6 +179,9 @@ class SearchResult:
     ``evaluations`` counts architectures told to the strategy (its budget); ``unique_evaluations``
     counts those scored, which is fewer when the strategy proposed an architecture again.
     ``overhead_seconds`` is everything but scoring: strategy, feasibility, cache and aggregation.
+    ``cached_evaluations`` archs came from the shared cache (`ProxyCache`) instead of being scored;
+    ``cached_scoring_seconds`` is what their original scoring took, which ``uncached_wall_seconds``
+    adds back to the measured wall time.
     """
 
     config: SearchConfig
@@ -171,6 +201,8 @@ class SearchResult:
     archive: tuple[ArchiveEntry, ...]
     strategy_state: dict[str, Any]
     probe: dict[str, Any]
+    cached_evaluations: int = 0
+    cached_scoring_seconds: float = 0.0
 
     @property
     def overhead_seconds(self) -> float:
@@ -180,6 +212,17 @@ class SearchResult:
     def overhead_fraction(self) -> float:
         return self.overhead_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
+    @property
+    def uncached_wall_seconds(self) -> float:
+        """The measured wall time plus the original scoring seconds of the cache hits."""
+        return self.wall_seconds + self.cached_scoring_seconds
+
+    @property
+    def uncached_overhead_fraction(self) -> float:
+        """The overhead's share of `uncached_wall_seconds`: what it would be without the cache."""
+        wall = self.uncached_wall_seconds
+        return self.overhead_seconds / wall if wall > 0 else 0.0
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data; ``strategy_state`` is what ``Strategy.load_state_dict`` resumes from."""
         best = {"arch": self.best_arch, "score": self.best_score, "values": self.best_values}
@@ -187,6 +230,10 @@ class SearchResult:
             "wall_seconds": self.wall_seconds, "scoring_seconds": self.scoring_seconds,
             "strategy_seconds": self.strategy_seconds, "aggregation_seconds": self.aggregation_seconds,
             "overhead_seconds": self.overhead_seconds, "overhead_fraction": self.overhead_fraction,
+            "cached_evaluations": self.cached_evaluations,
+            "cached_scoring_seconds": self.cached_scoring_seconds,
+            "uncached_wall_seconds": self.uncached_wall_seconds,
+            "uncached_overhead_fraction": self.uncached_overhead_fraction,
         }  # fmt: skip
         return {
             "version": RESULT_VERSION,
@@ -270,11 +317,20 @@ class _Search:
     """The state of one running search; `step` is one ask / check / score / aggregate / tell / refresh."""
 
     def __init__(
-        self, space: SearchSpace, strategy: Strategy, batch: ProbeBatch, config: SearchConfig, workers: int
+        self,
+        space: SearchSpace,
+        strategy: Strategy,
+        batch: ProbeBatch,
+        config: SearchConfig,
+        workers: int,
+        cache: ProxyCache | None = None,
     ) -> None:
         self.space, self.strategy, self.batch, self.config = space, strategy, batch, config
-        self.workers = workers
-        self.feasible = feasibility(space, config, batch)
+        self.workers, self.cache = workers, cache
+        self.cached, self.cached_seconds = 0, 0.0
+        # The loop re-checks what the strategy asks against config's limits; the device's latency model
+        # (if any) is the one the strategy was given.
+        self.feasible = feasibility(space, config, batch, strategy.feasible.latency_model)
         self.archive = _Archive(config.proxy_names)
         self.history: list[HistoryEntry] = []
         self.seconds = {"scoring": 0.0, "strategy": 0.0, "aggregation": 0.0}
@@ -294,12 +350,7 @@ class _Search:
         archs = [self.space.encode(genome) for genome in genomes]
         new = {arch: genome for arch, genome in zip(archs, genomes, strict=True) if arch not in self.archive}
         if new:
-            with self.timed("scoring"):
-                table = score_archs(
-                    self.space, list(new.values()), self.batch, self.archive.proxy_names,
-                    seed=self.config.seed, workers=min(self.workers, len(new)), progress=False,
-                )  # fmt: skip
-            self.archive.add(list(new.values()), table, len(self.history) + 1)
+            self.archive.add(list(new.values()), self.score(new), len(self.history) + 1)
         with self.timed("aggregation"):
             fitness = self.archive.fitness(self.config.aggregate, self.config.labeled)
         with self.timed("strategy"):
@@ -312,6 +363,34 @@ class _Search:
         )
         self.history.append(entry)
         return entry
+
+    def score(self, new: Mapping[str, Genome]) -> ScoreTable:
+        """Raw values of the ``new`` archs, in order: from the shared cache where it has them, else scored."""
+        names = self.archive.proxy_names
+        found: dict[str, tuple[dict[str, float], float]] = {}
+        if self.cache is not None:
+            for arch in new:
+                hit = self.cache.get(arch)
+                if hit is not None and all(name in hit[0] for name in names):
+                    found[arch] = ({name: float(hit[0][name]) for name in names}, float(hit[1]))
+            self.cached += len(found)
+            self.cached_seconds += sum(seconds for _, seconds in found.values())
+        todo = [genome for arch, genome in new.items() if arch not in found]
+        if not todo:
+            return _table(new, found, names)
+        with self.timed("scoring"):
+            table = score_archs(
+                self.space, todo, self.batch, names,
+                seed=self.config.proxy_seed, workers=min(self.workers, len(todo)), progress=False,
+            )  # fmt: skip
+        if not found and self.cache is None:
+            return table
+        for i, arch in enumerate(table.archs):
+            scored = ({name: float(table.values[name][i]) for name in names}, float(table.seconds[i]))
+            found[arch] = scored
+            if self.cache is not None:
+                self.cache[arch] = scored
+        return _table(new, found, names)
 
     def checked(self, asked: Sequence[Genome]) -> list[Genome]:
         """The asked architectures in canonical form; a `SearchError` if the strategy broke its contract."""
@@ -357,7 +436,17 @@ class _Search:
             wall_seconds, self.seconds["scoring"], self.seconds["strategy"], self.seconds["aggregation"],
             tuple(self.history), archive, self.strategy.state_dict(),
             {**probe, "num_classes": self.batch.num_classes, "labeled": self.batch.labels is not None},
+            self.cached, self.cached_seconds,
         )  # fmt: skip
+
+
+def _table(
+    archs: Iterable[str], values: Mapping[str, tuple[dict[str, float], float]], names: Sequence[str]
+) -> ScoreTable:
+    """A score table of ``archs`` in order, from ``arch -> (raw values, seconds)``."""
+    order = tuple(archs)
+    columns = {name: np.array([values[arch][0][name] for arch in order]) for name in names}
+    return ScoreTable(order, columns, np.array([values[arch][1] for arch in order]))
 
 
 def _check_run(space: SearchSpace, strategy: Strategy, batch: ProbeBatch, config: SearchConfig) -> None:
@@ -379,6 +468,7 @@ def run_search(
     *,
     progress: bool = True,
     workers: int = 1,
+    cache: ProxyCache | None = None,
 ) -> SearchResult:
     """One personalized search in this process, until ``strategy.done``; see the module docstring.
 
@@ -386,10 +476,12 @@ def run_search(
     the strategy as instances lets tests use small spaces and spy strategies. ``workers > 1`` scores
     each step's new architectures in a pool of spawned processes (one pool per step, so it pays only
     when ``ask_size`` is well above ``workers``). An `InfeasibleSearchError` of the strategy propagates.
+    ``cache``, when given, is a shared proxy-value cache consulted before scoring and filled after (see
+    the module docstring); its entries must come from the same probe batch, scoring seed and proxies.
     """
     _require(_is_int(workers) and workers >= 1, "workers", "an integer >= 1", workers)
     _check_run(space, strategy, batch, config)
-    search, started = _Search(space, strategy, batch, config, workers), time.perf_counter()
+    search, started = _Search(space, strategy, batch, config, workers, cache), time.perf_counter()
     with search_progress(config.budget, progress) as show:
         while not strategy.done:
             entry = search.step()

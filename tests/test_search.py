@@ -231,6 +231,70 @@ def test_progress_prints_plain_lines_when_stderr_is_no_terminal(capsys: pytest.C
     assert len(lines) == 10 and lines[-1].startswith("search: 40/40, best 1.4 (")
 
 
+# -- the shared proxy-value cache ------------------------------------------------------------------------
+def _outcome(result: SearchResult, seconds: bool = True) -> dict[str, Any]:
+    data = result.to_dict()
+    if not seconds:
+        for entry in data["archive"]:
+            entry.pop("seconds")
+    return {key: data[key] for key in ("best", "history", "archive", "strategy_state", "evaluations")}
+
+
+def test_a_cached_rerun_gives_identical_results_and_scores_nothing_new(scored: list[list[Genome]]) -> None:
+    config = _config(budget=9)
+    cache: dict[str, tuple[dict[str, float], float]] = {}
+    first = run_search(SPACE, make_strategy(SPACE, config, _batch()), _batch(), config, progress=False,
+                       cache=cache)  # fmt: skip
+    assert sorted(cache) == sorted(entry.arch for entry in first.archive)
+    assert all(cache[entry.arch] == (entry.values, entry.seconds) for entry in first.archive)
+    assert first.cached_evaluations == 0 and first.cached_scoring_seconds == 0.0
+    calls = len(scored)
+
+    again = run_search(SPACE, make_strategy(SPACE, config, _batch()), _batch(), config, progress=False,
+                       cache=cache)  # fmt: skip
+
+    assert len(scored) == calls  # nothing scored
+    assert _outcome(again) == _outcome(first)  # values and original seconds, history, decisions
+    assert again.cached_evaluations == again.unique_evaluations == first.unique_evaluations
+    assert again.scoring_seconds == 0.0
+    assert again.cached_scoring_seconds == pytest.approx(sum(entry.seconds for entry in first.archive))
+    assert again.uncached_wall_seconds == pytest.approx(again.wall_seconds + again.cached_scoring_seconds)
+    timing = again.to_dict()["timing"]
+    assert timing["cached_evaluations"] == again.unique_evaluations
+    assert timing["uncached_overhead_fraction"] == pytest.approx(
+        again.overhead_seconds / again.uncached_wall_seconds
+    )
+
+
+def test_a_cache_filled_with_the_same_scoring_inputs_changes_only_what_is_scored(
+    scored: list[list[Genome]],
+) -> None:
+    config = _config("random", budget=12, seed=4, scoring_seed=0)
+    plain = _search(config)
+    own_seed = _search(_config("random", budget=12, seed=4))  # scoring seeded by the strategy's seed
+    assert [e.arch for e in own_seed.archive] == [e.arch for e in plain.archive]
+    assert [e.values for e in own_seed.archive] != [e.values for e in plain.archive]
+    cache: dict[str, tuple[dict[str, float], float]] = {}
+    other = _config("random", budget=6, seed=3, scoring_seed=0)  # another strategy seed fills it too
+    run_search(SPACE, make_strategy(SPACE, other, _batch()), _batch(), other, progress=False, cache=cache)
+    some = [SPACE.decode(entry.arch) for entry in plain.archive[::2]]
+    table = score_archs(SPACE, some, _batch(), config.proxy_names, seed=0, progress=False)
+    for i, arch in enumerate(table.archs):
+        cache[arch] = ({name: float(table.values[name][i]) for name in table.values}, 1.5)
+    known = set(cache)
+    before = sum(len(call) for call in scored)
+
+    cached = run_search(SPACE, make_strategy(SPACE, config, _batch()), _batch(), config, progress=False,
+                        cache=cache)  # fmt: skip
+
+    hits = [entry.arch for entry in plain.archive if entry.arch in known]
+    assert len(hits) == len(some) and cached.cached_evaluations == len(hits)
+    assert cached.cached_scoring_seconds == pytest.approx(1.5 * len(hits))
+    assert sum(len(call) for call in scored) - before == plain.unique_evaluations - len(hits)
+    assert _outcome(cached, seconds=False) == _outcome(plain, seconds=False)  # same values and decisions
+    assert config.proxy_seed == 0 and _config(seed=7).proxy_seed == 7
+
+
 # -- validation ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("fields", "message"),
@@ -238,6 +302,7 @@ def test_progress_prints_plain_lines_when_stderr_is_no_terminal(capsys: pytest.C
         ({"budget": 0}, "budget must be an integer >= 1, but got 0"),
         ({"ask_size": 0}, "ask_size must be an integer >= 1, but got 0"),
         ({"seed": -1}, "seed must be an integer >= 0, but got -1"),
+        ({"scoring_seed": -1}, "scoring_seed must be None or an integer >= 0, but got -1"),
         ({"space": "nope"}, "space must be one of ['mbv2', 'nb201'], but got 'nope'"),
         ({"aggregate": "fg_fi"}, "aggregate must be the name of one aggregate, but got 'fg_fi'"),
         ({"aggregate": "nope"}, "aggregate: proxies must name registered proxies"),
