@@ -20,6 +20,7 @@ import nasfleet.proxies  # noqa: F401 - importing the package fills the proxy an
 from nasfleet.proxies.base import ProxyError
 from nasfleet.proxies.engine import DEVICES, add_aggregates, check_device, expand_names, score_archs
 from nasfleet.proxies.probe import ProbeBatch
+from nasfleet.server.registry.cli import registry_app
 from nasfleet.spaces import SPACES, ArchitectureError, Genome, InputShape, SearchSpace, get_space
 from nasfleet.spaces.base import check_input_shape
 
@@ -412,10 +413,15 @@ def search(
     typer.echo(f"wrote {out}; {_search_summary(result)}", err=True)
 
 
-NOT_BUILT = (
-    "the Flower round: characteristics, personalized search, local training (issue 5)",
-    "Celery workers, the SQLModel registry and the orchestrator (issue 6)",
-)
+DEFAULT_REGISTRY = "sqlite:///nasfleet-registry.db"
+RegistryOption = Annotated[
+    str,
+    typer.Option(
+        "--registry",
+        envvar="NASFLEET_REGISTRY",
+        help="Registry URL: sqlite:///FILE or postgresql+psycopg://...",
+    ),
+]
 
 
 @app.command()
@@ -428,50 +434,75 @@ def simulate(
         str, typer.Option("--partition", help="iid | dirichlet:ALPHA | shards:K")
     ] = "dirichlet:0.5",
     space: SpaceOption = "nb201",
+    strategy: Annotated[
+        str, typer.Option("--strategy", help="Search strategy of every device.")
+    ] = "evolution",
+    budget: Annotated[int, typer.Option("--budget", min=1, help="Evaluations per device search.")] = 24,
+    epsilon: Annotated[
+        float | None, typer.Option("--epsilon", min=1e-6, help="DP epsilon of the characteristics sketches.")
+    ] = None,
+    sketch_rank: Annotated[
+        int | None, typer.Option("--sketch-rank", min=1, help="Covariance sketch rank.")
+    ] = None,
+    no_sketches: Annotated[
+        bool, typer.Option("--no-sketches", help="Devices opt out of sending sketches.")
+    ] = False,
+    unlabeled: UnlabeledOption = False,
+    probe_batch: Annotated[
+        int, typer.Option("--probe-batch", min=2, help="Synthetic probe batch size.")
+    ] = 32,
+    train_epochs: Annotated[int, typer.Option("--train-epochs", min=1, help="Local training epochs.")] = 2,
+    shared_baseline: Annotated[
+        bool,
+        typer.Option("--shared-baseline", help="Also train one shared arch (tightest limits) per device."),
+    ] = False,
+    registry: RegistryOption = DEFAULT_REGISTRY,
     seed: SeedOption = 0,
 ) -> None:
-    """A federation of N clients. Today only the data side runs; the rest is listed as not built."""
-    from rich.console import Console
-    from rich.table import Table
+    """A federation of N devices on Flower's simulation engine: one personalized round, end to end.
 
-    from nasfleet.clients import label_histogram, load_dataset, partition
+    Every device sends its DP-released data characteristics, constraints and calibrated profile; the
+    server searches one SubNet per device with FG-NAS on a synthetic batch rebuilt from them, each device
+    trains its SubNet locally and reports back, and everything is stored in the registry.
+    """
+    from nasfleet.clients import load_dataset, partition
+    from nasfleet.server.app import RoundConfig
+    from nasfleet.server.simulation import simulate as run_federation
 
-    try:
-        data = load_dataset(dataset)
-        parts = partition(data.labels, partition_spec, clients, seed)
+    _check_strategy_name(strategy)
+    _space(space)
+    try:  # the devices would each fail on a bad spec; say it once, before starting Flower
+        partition(load_dataset(dataset).labels, partition_spec, clients, seed)
     except (ValueError, FileNotFoundError) as error:
         raise typer.BadParameter(str(error)) from None
-    search_space, rng = _space(space), np.random.default_rng(seed)
-    table = Table(
-        title=f"{clients} clients on {data.name} ({partition_spec}), candidate SubNets from {space}"
+    devices: dict[str, bool | float | int | str] = {
+        "dataset": dataset,
+        "partition": partition_spec,
+        "seed": seed,
+        "sketches": not no_sketches,
+        "labeled": not unlabeled,
+    }
+    devices.update({k: v for k, v in (("epsilon", epsilon), ("sketch-rank", sketch_rank)) if v is not None})
+    config = RoundConfig(
+        num_clients=clients,
+        space=space,
+        strategy=strategy,
+        budget=budget,
+        probe_batch=probe_batch,
+        seed=seed,
+        registry=registry,
+        train_epochs=train_epochs,
+        shared_baseline=shared_baseline,
     )
-    for column in (
-        "client",
-        "samples",
-        "label histogram",
-        "random candidate (not searched)",
-        "params",
-        "MFLOPs",
-    ):
-        table.add_column(column)
-    for index, part in enumerate(parts):
-        arch = search_space.sample(rng)
-        cost = search_space.cost(arch, data.num_classes, data.input_shape)
-        histogram = " ".join(str(v) for v in label_histogram(data.labels[part], data.num_classes))
-        table.add_row(
-            str(index),
-            str(len(part)),
-            histogram,
-            search_space.encode(arch),
-            f"{cost.params:,}",
-            f"{cost.flops / 1e6:.2f}",
+    outcomes = run_federation(config, devices)
+    failed = [o for o in outcomes if not o.ok]
+    if len(outcomes) < clients or failed:
+        raise click.ClickException(
+            f"{len(failed)} device(s) failed, {clients - len(outcomes)} did not connect"
         )
-    console = Console()
-    console.print(table)
-    console.print("[bold yellow]Not built yet[/], so no search, scoring or training happened:")
-    for part_name in NOT_BUILT:
-        console.print(f"  - {part_name}")
 
+
+app.add_typer(registry_app, name="registry")
 
 strategies_app = typer.Typer(
     help="Search strategies: the built-ins and installed plug-ins.", no_args_is_help=True

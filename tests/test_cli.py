@@ -88,10 +88,15 @@ def test_missing_archs_file_is_reported(tmp_path: Path) -> None:
     assert code == 2 and "no such file" in output
 
 
-def test_simulate_placeholder_runs_the_data_side_and_says_what_is_missing() -> None:
-    code, output = _run("simulate", "--clients", "3", "--dataset", "synthetic:90", "--partition", "iid")
-    assert code == 0
-    assert "3 clients on synthetic" in output
-    assert "Not built yet" in output and "issue 5" in output
-    code, output = _run("simulate", "--partition", "dirichlet:0")
-    assert code == 2 and "alpha" in output
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--partition", "dirichlet:0", "alpha"),
+        ("--dataset", "mnist", "dataset spec"),
+        ("--strategy", "nope", "nope"),
+        ("--space", "nope", "nope"),
+    ],
+)
+def test_simulate_rejects_bad_options_before_starting_flower(option: str, value: str, message: str) -> None:
+    code, output = _run("simulate", option, value)
+    assert code == 2 and message in output

@@ -1,0 +1,192 @@
+"""The Flower ``ServerApp``: one nasfleet round over every connected device (DESIGN steps 2-7).
+
+Query every node for its characteristics, constraints and profile; register each device under its
+tenant; run one personalized search per device (`personalize.personalized_search`, the in-process
+path); send each device its SubNet in a ``train`` message; collect the training reports; record
+everything in the registry. A node that does not answer in time or answers with an error is recorded
+with that status, and the round goes on for the others.
+
+With ``shared-baseline`` the round also searches *one* architecture for the whole fleet: data-agnostic
+(the generic prior batch, no device's characteristics) and under the tightest of all devices' limits,
+so it fits every device; each device trains it too, which measures what personalization buys.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from flwr.app import Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from nasfleet.clients.app import QUERY, TRAIN
+from nasfleet.clients.messages import (
+    DataCharacteristics,
+    DeviceIdentity,
+    DeviceProfile,
+    MessageError,
+    ResourceConstraints,
+    SubNetAssignment,
+    TrainConfig,
+    TrainingReport,
+)
+from nasfleet.clients.wire import pack, unpack
+from nasfleet.search import SearchResult
+from nasfleet.server.personalize import SearchPlan
+from nasfleet.server.round import DeviceOutcome, RoundRecorder
+
+ConfigValue = bool | float | int | str
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """The server's settings for one round; read from the run config (kebab-case keys) or given."""
+
+    num_clients: int = 4
+    space: str = "nb201"
+    strategy: str = "evolution"
+    budget: int = 24
+    ask_size: int = 8
+    probe_batch: int = 32
+    seed: int = 0
+    registry: str = "sqlite:///nasfleet-registry.db"
+    train_epochs: int = 2
+    train_batch_size: int = 32
+    train_lr: float = 0.05
+    train_max_seconds: float = 60.0
+    node_wait: float = 60.0
+    query_timeout: float = 120.0
+    train_timeout: float = 600.0
+    shared_baseline: bool = False
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, ConfigValue]) -> RoundConfig:
+        known = {f.name for f in fields(cls)}
+        values = {k.replace("-", "_"): v for k, v in run_config.items()}
+        return cls(**{k: v for k, v in values.items() if k in known})  # type: ignore[arg-type]
+
+    @property
+    def plan(self) -> SearchPlan:
+        return SearchPlan(self.space, self.strategy, self.budget, self.ask_size, self.probe_batch, self.seed)
+
+    @property
+    def train(self) -> TrainConfig:
+        return TrainConfig(
+            self.train_epochs, self.train_batch_size, self.train_lr, self.train_max_seconds, seed=self.seed
+        )
+
+
+def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
+    """The connected node ids, once ``count`` are connected or ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= count or time.monotonic() > deadline:
+            return nodes
+        time.sleep(0.5)
+
+
+def exchange(grid: Grid, contents: Mapping[int, RecordDict], kind: str, timeout: float) -> dict[int, Message]:
+    """Send one message per node and return the replies that arrived in time, by node id."""
+    messages = [Message(content, node, kind) for node, content in contents.items()]
+    replies = grid.send_and_receive(messages, timeout=timeout)
+    return {reply.metadata.src_node_id: reply for reply in replies}
+
+
+def parse_query_reply(node: int, reply: Message | None) -> DeviceOutcome:
+    """A device's outcome after the query: ok with its messages, or timeout/error with the reason."""
+    if reply is None:
+        return DeviceOutcome(node, status="timeout", error="no reply to the query in time")
+    if reply.has_error():
+        return DeviceOutcome(node, status="error", error=f"device error: {reply.error.reason}")
+    try:
+        content = reply.content
+        return DeviceOutcome(
+            node,
+            identity=unpack(content, "identity", DeviceIdentity),
+            characteristics=unpack(content, "characteristics", DataCharacteristics),
+            constraints=unpack(content, "constraints", ResourceConstraints),
+            profile=unpack(content, "profile", DeviceProfile),
+        )
+    except MessageError as error:
+        return DeviceOutcome(node, status="error", error=f"malformed query reply: {error}")
+
+
+def assignment(outcome: DeviceOutcome, job_id: str, arch: str, config: RoundConfig) -> SubNetAssignment:
+    assert outcome.characteristics is not None
+    chars = outcome.characteristics
+    return SubNetAssignment(job_id, config.space, arch, chars.num_classes, chars.input_shape, config.train)
+
+
+def train_round(
+    grid: Grid,
+    outcomes: list[DeviceOutcome],
+    results: Mapping[str, SearchResult],
+    config: RoundConfig,
+    shared_job: str | None,
+) -> None:
+    """Send each ok device its SubNet (then the shared one, if any) and attach the reports it returns."""
+    for shared in (False, True) if shared_job else (False,):
+        jobs = {o.node: shared_job if shared else o.job_id for o in outcomes if o.ok}
+        contents = {
+            o.node: pack(RecordDict(), "subnet", assignment(o, job, results[job].best_arch, config))
+            for o in outcomes
+            if (job := jobs.get(o.node)) is not None and job in results
+        }
+        if not contents:
+            continue
+        replies = exchange(grid, contents, TRAIN, config.train_timeout)
+        for outcome in outcomes:
+            if outcome.node in contents:
+                _attach_report(outcome, replies.get(outcome.node), shared)
+
+
+def _attach_report(outcome: DeviceOutcome, reply: Message | None, shared: bool) -> None:
+    if reply is None or reply.has_error():
+        reason = "no training report in time" if reply is None else f"device error: {reply.error.reason}"
+        outcome.fail("timeout" if reply is None else "error", reason)
+        return
+    try:
+        report = unpack(reply.content, "report", TrainingReport)
+    except MessageError as error:
+        outcome.fail("error", f"malformed training report: {error}")
+        return
+    if shared:
+        outcome.shared_report = report
+    else:
+        outcome.report = report
+
+
+def run_round(grid: Grid, config: RoundConfig, recorder: RoundRecorder) -> list[DeviceOutcome]:
+    """One whole round (see the module docstring); returns every device's outcome."""
+    nodes = wait_for_nodes(grid, config.num_clients, config.node_wait)
+    replies = exchange(grid, {node: RecordDict() for node in nodes}, QUERY, config.query_timeout)
+    outcomes = [parse_query_reply(node, replies.get(node)) for node in nodes]
+    results: dict[str, SearchResult] = {}
+    for outcome in recorder.progress(outcomes, "personalized searches"):
+        recorder.register(outcome, config)
+        if outcome.ok and (result := recorder.search(outcome, config)) is not None:
+            results[outcome.job_id] = result
+    shared = recorder.search_shared(outcomes, config) if config.shared_baseline else None
+    if shared is not None:
+        results[shared[0]] = shared[1]
+    train_round(grid, outcomes, results, config, shared[0] if shared else None)
+    recorder.finish(outcomes, results)
+    return outcomes
+
+
+def make_server_app(config: RoundConfig | None = None, recorder: RoundRecorder | None = None) -> ServerApp:
+    """A ServerApp running `run_round`; without ``config`` it reads the run config (deployment engine)."""
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        round_config = config or RoundConfig.from_run_config(context.run_config)
+        run_round(grid, round_config, recorder or RoundRecorder(round_config.registry))
+
+    return server
+
+
+#: The app the deployment engine loads (``nasfleet.server.app:app``).
+app = make_server_app()
