@@ -21,6 +21,7 @@ from nasfleet.proxies.base import ProxyError
 from nasfleet.proxies.engine import DEVICES, add_aggregates, check_device, expand_names, score_archs
 from nasfleet.proxies.probe import ProbeBatch
 from nasfleet.server.registry.cli import registry_app
+from nasfleet.server.worker_cli import orchestrate, worker
 from nasfleet.spaces import SPACES, ArchitectureError, Genome, InputShape, SearchSpace, get_space
 from nasfleet.spaces.base import check_input_shape
 
@@ -503,6 +504,8 @@ def simulate(
 
 
 app.add_typer(registry_app, name="registry")
+app.command()(worker)
+app.command()(orchestrate)
 
 strategies_app = typer.Typer(
     help="Search strategies: the built-ins and installed plug-ins.", no_args_is_help=True

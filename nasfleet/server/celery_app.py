@@ -1,0 +1,209 @@
+"""The Celery app that scores candidates: embedded (SQLite broker, no server) by default, distributed by URL.
+
+Configuration comes from `CelerySettings`, which a worker started by ``celery -A nasfleet.server.celery_app
+worker`` reads from the environment (``NASFLEET_BROKER``, ``NASFLEET_REGISTRY``, ``NASFLEET_QUEUE``,
+``NASFLEET_SOFT_TIME_LIMIT``, ``NASFLEET_TIME_LIMIT``): the embedded launcher and ``nasfleet worker`` set
+them, so every process of one service agrees on the broker, the registry and the queue.
+
+Brokers:
+
+- ``sqlite:///PATH`` or ``sqla+sqlite:///PATH`` (embedded, the default): kombu's SQLAlchemy transport on an
+  SQLite file, through `SQLiteTransport`, which puts the file in WAL mode with a busy timeout (several
+  processes poll it) and polls every `SQLITE_POLLING_S` seconds instead of kombu's default 1 s, a latency
+  that every search step would pay.
+- ``redis://...`` and ``amqp://...`` (distributed).
+
+There is no result backend: a task writes its evaluations and cache entries to the registry and the
+orchestrator reads them there, so a result survives the orchestrator's crash and nothing is stored twice.
+Delivery is at least once (``acks_late``, ``task_reject_on_worker_lost``): the task is idempotent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_init, worker_process_init, worker_ready
+from kombu.transport import sqlalchemy as kombu_sqlalchemy
+from sqlalchemy import event
+
+from nasfleet.server.registry import DEFAULT_URL as DEFAULT_REGISTRY_URL
+
+DEFAULT_BROKER_URL = "sqlite:///nasfleet-broker.db"
+DEFAULT_QUEUE = "nasfleet"
+DEFAULT_SOFT_TIME_LIMIT_S = 300.0
+DEFAULT_TIME_LIMIT_S = 360.0
+SQLITE_POLLING_S = 0.02
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+WORKER_THREADS = 1
+BROKER_SCHEMES = ("sqlite", "sqla+sqlite", "redis", "rediss", "amqp", "amqps", "pyamqp")
+ENV = {
+    "broker": "NASFLEET_BROKER",
+    "registry": "NASFLEET_REGISTRY",
+    "queue": "NASFLEET_QUEUE",
+    "soft_time_limit": "NASFLEET_SOFT_TIME_LIMIT",
+    "time_limit": "NASFLEET_TIME_LIMIT",
+}
+READY_FILE_ENV = "NASFLEET_WORKER_READY_FILE"
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class SettingsError(ValueError):
+    """A broker, registry or queue setting that cannot work; the text names the field, rule and value."""
+
+
+class _SQLiteChannel(kombu_sqlalchemy.Channel):
+    """kombu's SQLAlchemy channel, with WAL and a busy timeout on the SQLite file it polls."""
+
+    def _engine_from_config(self) -> Any:
+        options = self.connection.client.transport_options
+        saved = options.pop("polling_interval", None)
+        try:
+            engine = super()._engine_from_config()  # type: ignore[no-untyped-call]
+        finally:
+            if saved is not None:
+                options["polling_interval"] = saved
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.close()
+
+        return engine
+
+
+class SQLiteTransport(kombu_sqlalchemy.Transport):
+    """The embedded broker: kombu's SQLAlchemy transport on an SQLite file, polled every 20 ms."""
+
+    Channel = _SQLiteChannel
+    polling_interval = SQLITE_POLLING_S
+
+
+SQLITE_TRANSPORT = f"{__name__}:SQLiteTransport"
+
+
+@dataclass(frozen=True)
+class CelerySettings:
+    """Where a service's tasks travel (broker), where results go (registry), which queue, time limits."""
+
+    broker: str = DEFAULT_BROKER_URL
+    registry: str = DEFAULT_REGISTRY_URL
+    queue: str = DEFAULT_QUEUE
+    soft_time_limit: float = DEFAULT_SOFT_TIME_LIMIT_S
+    time_limit: float = DEFAULT_TIME_LIMIT_S
+
+    def __post_init__(self) -> None:
+        scheme = self.broker.split("://", 1)[0] if "://" in self.broker else ""
+        _require(scheme in BROKER_SCHEMES, "broker", f"a URL with a scheme of {list(BROKER_SCHEMES)}",
+                 self.broker)  # fmt: skip
+        _require("://" in self.registry, "registry", "an SQLAlchemy URL", self.registry)
+        _require(_QUEUE_NAME.fullmatch(self.queue) is not None, "queue", "1-64 characters of [A-Za-z0-9_.-]",
+                 self.queue)  # fmt: skip
+        _require(0 < self.soft_time_limit < self.time_limit, "time limits",
+                 "0 < soft_time_limit < time_limit", (self.soft_time_limit, self.time_limit))  # fmt: skip
+
+    @property
+    def embedded(self) -> bool:
+        """True for the SQLite broker, which needs no server."""
+        return self.broker.startswith(("sqlite", "sqla+sqlite"))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> CelerySettings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field, name in ENV.items():
+            if environ.get(name):
+                text = environ[name]
+                values[field] = float(text) if field.endswith("time_limit") else text
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables from which a worker process rebuilds these settings."""
+        return {name: str(getattr(self, field)) for field, name in ENV.items()}
+
+
+def _require(ok: bool, field: str, rule: str, value: object) -> None:
+    if not ok:
+        raise SettingsError(f"{field} must be {rule}, but got {value!r}")
+
+
+def sqlite_broker_url(path: str | Path) -> str:
+    """The embedded broker's URL for an SQLite file at *path*."""
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def _broker_options(settings: CelerySettings) -> dict[str, Any]:
+    """``broker_url``, ``broker_transport`` and transport options for the settings' broker."""
+    if settings.embedded:
+        url = settings.broker.removeprefix("sqla+")
+        return {"broker_url": url, "broker_transport": SQLITE_TRANSPORT, "broker_transport_options": {}}
+    options: dict[str, Any] = {}
+    if settings.broker.startswith("redis"):
+        # An unacknowledged task of a worker that died comes back after this long: after its hard limit.
+        options["visibility_timeout"] = int(settings.time_limit) + 60
+    return {"broker_url": settings.broker, "broker_transport": None, "broker_transport_options": options}
+
+
+def configure(app: Celery, settings: CelerySettings) -> Celery:
+    """Point *app* at the settings' broker, registry and queue, with the delivery rules of the module."""
+    app.conf.update(
+        **_broker_options(settings),
+        nasfleet_registry=settings.registry,
+        task_default_queue=settings.queue,
+        task_serializer="json",
+        accept_content=["json"],
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        task_soft_time_limit=settings.soft_time_limit,
+        task_time_limit=settings.time_limit,
+        worker_prefetch_multiplier=1,
+        # A pool process killed mid-task: give up waiting for its result after 1 s, so the task (acks
+        # late, rejected on worker loss) is redelivered at once instead of after the default 10 s.
+        worker_lost_wait=1.0,
+        worker_max_tasks_per_child=None,
+        worker_send_task_events=False,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5},
+    )
+    return app
+
+
+def make_app(settings: CelerySettings | None = None) -> Celery:
+    """A configured Celery app with the scoring task registered."""
+    app = Celery("nasfleet", include=["nasfleet.server.tasks"])
+    return configure(app, settings or CelerySettings.from_env())
+
+
+def _one_thread(**_: Any) -> None:
+    """A worker process scores on one torch thread: cores are used by worker processes, not threads."""
+    import torch
+
+    torch.set_num_threads(WORKER_THREADS)
+
+
+def _announce_ready(**_: Any) -> None:
+    """Touch the file named by ``NASFLEET_WORKER_READY_FILE``: how a launcher knows the worker consumes."""
+    path = os.environ.get(READY_FILE_ENV)
+    if path:
+        Path(path).write_text(str(os.getpid()))
+
+
+worker_init.connect(_one_thread, weak=False)
+worker_process_init.connect(_one_thread, weak=False)
+worker_ready.connect(_announce_ready, weak=False)
+
+app = make_app()

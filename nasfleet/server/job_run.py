@@ -1,0 +1,308 @@
+"""One search job as the orchestrator runs it: options, strategy, archive, one step at a time, resumable.
+
+A step keeps `nasfleet.search`'s order of operations, the contract a strategy relies on: ask; check
+every asked arch is valid and feasible (a breach is the strategy's error and fails the job, never a
+silent skip); find raw values for the archs new to the job's archive (the orchestrator answers them from
+the evaluation cache or the workers); recompute the aggregate over the whole archive (FG-NAS ranks are
+relative to the population); tell the asked archs' current fitness; refresh every archive member's.
+
+After every step, `JobRun.finish_step` stores, in one registry transaction (`Registry.checkpoint`), the
+step's evaluations, the job state (the strategy's `state_dict`, the archive's arch order and the history)
+and the count told, so the stored state never runs ahead of its evaluations. `JobRun` built from a record
+with a stored state resumes there: the strategy from its state, the archive from the job's evaluations in
+the stored order. The next ask is then the one an uninterrupted run would have made, so the search ends
+the same (raw values are bit-identical wherever they are computed: one torch thread, fixed seeds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nasfleet.clients.device import latency_model
+from nasfleet.clients.messages import DataCharacteristics, DeviceProfile, ResourceConstraints
+from nasfleet.proxies.engine import ScoreTable, add_aggregates
+from nasfleet.search import ArchiveEntry, HistoryEntry, SearchConfig, SearchError
+from nasfleet.server.personalize import search_constraints
+from nasfleet.server.registry import (
+    CacheEntry,
+    CacheKey,
+    EvaluationRecord,
+    JobRecord,
+    Registry,
+    ResultRecord,
+)
+from nasfleet.server.tasks import ScoringSpec, decode_characteristics, encode_characteristics, make_space
+from nasfleet.spaces import ArchitectureError, Genome
+from nasfleet.strategies.base import Feasibility
+from nasfleet.strategies.discovery import get_strategy
+
+STATE_VERSION = 1
+CACHE_WORKER = "cache"
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """A job's search settings beyond the registry's columns, stored in its ``options``.
+
+    ``batch_size`` and ``scoring_seed`` fix the synthetic probe batch and the network initialisation; they
+    are part of the cache key, so jobs that share them (and the characteristics) share evaluations,
+    whatever their strategies and seeds.
+    """
+
+    ask_size: int = 8
+    aggregate: str = "fgnas"
+    batch_size: int = 16
+    scoring_seed: int = 0
+    space_options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> JobOptions:
+        defaults = cls()
+        return cls(
+            int(options.get("ask_size", defaults.ask_size)),
+            str(options.get("aggregate", defaults.aggregate)),
+            int(options.get("batch_size", options.get("probe_batch", defaults.batch_size))),
+            int(options.get("scoring_seed", defaults.scoring_seed)),
+            dict(options.get("space_options") or {}),
+        )
+
+
+def submit_job(
+    registry: Registry, tenant: str, characteristics: DataCharacteristics, *, space: str = "nb201",
+    strategy: str = "evolution", budget: int = 24, seed: int = 0,
+    strategy_config: Mapping[str, Any] | None = None, constraints: ResourceConstraints | None = None,
+    profile: DeviceProfile | None = None, options: JobOptions | None = None, device: str | None = None,
+) -> JobRecord:  # fmt: skip
+    """Open a queued job for *tenant* with everything a worker and a resuming orchestrator need."""
+    registry.create_tenant(tenant, exist_ok=True)
+    stored: dict[str, Any] = {
+        **asdict(options or JobOptions()),
+        "labeled": characteristics.labeled,
+        "characteristics": encode_characteristics(characteristics),
+    }
+    if profile is not None:
+        stored["profile"] = profile.to_wire()[0]
+    return registry.create_job(
+        tenant, space=space, strategy=strategy, characteristics_hash=characteristics.digest(),
+        budget=budget, seed=seed, strategy_config=strategy_config,
+        constraints=(constraints or ResourceConstraints()).to_wire()[0], options=stored, device=device,
+    )  # fmt: skip
+
+
+@dataclass
+class Step:
+    """One step in flight: the asked archs and the raw values found so far for the new ones."""
+
+    genomes: list[Genome]
+    archs: list[str]
+    keys: dict[str, CacheKey]
+    entries: dict[str, CacheEntry] = field(default_factory=dict)
+
+    @property
+    def missing(self) -> list[str]:
+        return [arch for arch in self.keys if arch not in self.entries]
+
+
+class Archive:
+    """The job's scored archs in the order first evaluated, with raw values: what the aggregate ranks."""
+
+    def __init__(self, proxy_names: Sequence[str]) -> None:
+        self.proxy_names = tuple(proxy_names)
+        self.archs: list[str] = []
+        self.genomes: list[Genome] = []
+        self.entries: list[CacheEntry] = []
+        self.steps: list[int] = []
+        self.index: dict[str, int] = {}
+
+    def __contains__(self, arch: str) -> bool:
+        return arch in self.index
+
+    def add(self, arch: str, genome: Genome, entry: CacheEntry, step: int) -> None:
+        self.index[arch] = len(self.archs)
+        self.archs.append(arch)
+        self.genomes.append(genome)
+        self.entries.append(entry)
+        self.steps.append(step)
+
+    def fitness(self, aggregate: str, labeled: bool) -> np.ndarray:
+        """The aggregate over the whole archive, one value per member in archive order."""
+        columns = {name: np.array([e.values[name] for e in self.entries]) for name in self.proxy_names}
+        table = ScoreTable(tuple(self.archs), columns, np.zeros(len(self.archs)))
+        return add_aggregates(table, [aggregate], labeled)[aggregate]
+
+
+class JobRun:
+    """A job being searched: built from its registry record (resuming a stored state), stepped, finished."""
+
+    def __init__(self, record: JobRecord, registry: Registry) -> None:
+        self.record, self.registry = record, registry
+        self.options = JobOptions.from_options(record.options)
+        self.characteristics = decode_characteristics(record.options.get("characteristics"))
+        digest = self.characteristics.digest()
+        if digest != record.characteristics_hash:
+            raise SearchError(f"job {record.id}: stored characteristics hash to {digest}, "
+                              f"but the job names {record.characteristics_hash}")  # fmt: skip
+        self.space = make_space(record.space, self.options.space_options)
+        self.feasible = self._feasibility()
+        self.config = SearchConfig(
+            record.space, record.strategy, record.budget, record.seed, self.options.ask_size,
+            record.strategy_config, self.characteristics.labeled, self.options.aggregate,
+            self.feasible.constraints,
+        )  # fmt: skip
+        self.strategy = get_strategy(
+            record.strategy,
+            self.space,
+            record.seed,
+            record.budget,
+            self.config.strategy_config,
+            self.feasible,
+        )
+        self.scoring = ScoringSpec(record.space, self.config.proxy_names, self.options.batch_size,
+                                   self.options.scoring_seed, dict(self.options.space_options))  # fmt: skip
+        self.proxy_config_hash = self.scoring.digest()
+        self.archive = Archive(self.config.proxy_names)
+        self.history: list[HistoryEntry] = []
+        self.told = 0
+        self.step: Step | None = None
+        if record.strategy_state is not None:
+            self._resume(record.strategy_state)
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def tenant(self) -> str:
+        return self.record.tenant
+
+    @property
+    def done(self) -> bool:
+        return self.strategy.done
+
+    def _feasibility(self) -> Feasibility:
+        shape, classes = self.characteristics.input_shape, self.characteristics.num_classes
+        wire = self.record.options.get("profile")
+        if wire is None and self.record.device is not None:
+            devices = self.registry.list_devices(self.record.tenant)
+            wire = next((d.profile for d in devices if d.name == self.record.device and d.profile), None)
+        profile = DeviceProfile.from_wire(wire) if wire else None
+        stored = self.record.constraints
+        limits = search_constraints(
+            ResourceConstraints.from_wire(stored) if stored else ResourceConstraints(), profile
+        )
+        latency = latency_model(profile, self.space, classes, shape) if profile is not None else None
+        return Feasibility(self.space, limits, classes, shape, latency)
+
+    def _resume(self, state: Mapping[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise SearchError(f"job state version must be {STATE_VERSION}, but got {state.get('version')!r}")
+        stored = {e.arch: e for e in self.registry.evaluations(self.id)}
+        for arch, step in zip(state["archive"], state["steps"], strict=True):
+            if arch not in stored:
+                raise SearchError(f"job {self.id}: its state lists {arch}, which has no stored evaluation")
+            evaluation = stored[arch]
+            entry = CacheEntry(self.key(arch), evaluation.values, evaluation.params, evaluation.flops)
+            self.archive.add(arch, self.space.decode(arch), entry, step)
+        self.history = [HistoryEntry(**entry) for entry in state["history"]]
+        self.strategy.load_state_dict(state["strategy"])
+        self.told = self.record.evaluations_done
+
+    def key(self, arch: str) -> CacheKey:
+        return CacheKey(arch, self.record.characteristics_hash, self.proxy_config_hash)
+
+    # -- one step --------------------------------------------------------------------------------------------
+    def begin_step(self) -> Step:
+        """Ask the strategy; the step's new archs (in ask order, once each) still need raw values."""
+        genomes = self._checked(self.strategy.ask(self.config.ask_size))
+        archs = [self.space.encode(genome) for genome in genomes]
+        new = dict.fromkeys(arch for arch in archs if arch not in self.archive)
+        self.step = Step(genomes, archs, {arch: self.key(arch) for arch in new})
+        return self.step
+
+    def _checked(self, asked: Sequence[Genome]) -> list[Genome]:
+        name, left = self.strategy.name, self.config.budget - self.told
+        most = min(left, self.config.ask_size)
+        if not 0 < len(asked) <= most:
+            raise SearchError(
+                f"strategy {name!r}: ask({self.config.ask_size}) must return 1 to {most} "
+                f"architectures ({left} of the budget left), but returned {len(asked)}"
+            )
+        genomes = []
+        for arch in asked:
+            try:
+                genome = self.space.validate(arch)
+            except ArchitectureError as error:
+                raise SearchError(
+                    f"strategy {name!r} must propose architectures of the space: {error}"
+                ) from None
+            if not self.feasible(genome):
+                cost = self.feasible.cost(genome)
+                raise SearchError(
+                    f"strategy {name!r} must propose only feasible architectures, but proposed "
+                    f"{self.space.encode(genome)} ({cost.params} params, {cost.flops} FLOPs) "
+                    f"under {self.config.constraints}"
+                )
+            genomes.append(genome)
+        return genomes
+
+    def finish_step(self) -> HistoryEntry:
+        """Aggregate over the archive, tell, refresh and checkpoint; the step must have every value."""
+        step = self.step
+        assert step is not None and not step.missing, "a step finishes once every new arch has values"
+        added = []
+        for arch in step.keys:
+            self.archive.add(arch, self.space.decode(arch), step.entries[arch], len(self.history) + 1)
+            added.append(step.entries[arch])
+        fitness = self.archive.fitness(self.config.aggregate, self.config.labeled)
+        self.strategy.tell(step.genomes, [float(fitness[self.archive.index[arch]]) for arch in step.archs])
+        self.strategy.refresh(dict(zip(self.archive.genomes, fitness.tolist(), strict=True)))
+        self.told += len(step.genomes)
+        best = int(np.argmax(fitness))  # the first of equal scores: the earliest evaluated
+        entry = HistoryEntry(len(self.history) + 1, self.told, self.archive.archs[best], float(fitness[best]))
+        self.history.append(entry)
+        records = [
+            EvaluationRecord(e.key.arch, e.values, e.params, e.flops, 0.0, CACHE_WORKER) for e in added
+        ]
+        self.registry.checkpoint(self.id, records, state=self.state_dict(), evaluations_done=self.told,
+                                 best=(entry.arch, entry.score))  # fmt: skip
+        self.step = None
+        return entry
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "strategy": self.strategy.state_dict(),
+            "archive": list(self.archive.archs),
+            "steps": list(self.archive.steps),
+            "history": [asdict(entry) for entry in self.history],
+        }
+
+    # -- the end ---------------------------------------------------------------------------------------------
+    def archive_entries(self) -> list[ArchiveEntry]:
+        """The archive with the final aggregate, each evaluation's stored seconds and its first step."""
+        fitness = self.archive.fitness(self.config.aggregate, self.config.labeled)
+        seconds = {e.arch: e.seconds for e in self.registry.evaluations(self.id)}
+        members = zip(self.archive.archs, self.archive.entries, self.archive.steps, strict=True)
+        return [
+            ArchiveEntry(arch, dict(entry.values), float(fitness[i]), seconds.get(arch, 0.0), step)
+            for i, (arch, entry, step) in enumerate(members)
+        ]
+
+    def result(self) -> ResultRecord:
+        """The best arch by the final aggregate, with its raw values, costs and the best-so-far history."""
+        fitness = self.archive.fitness(self.config.aggregate, self.config.labeled)
+        best = int(np.argmax(fitness))
+        entry = self.archive.entries[best]
+        history = tuple(asdict(h) for h in self.history)
+        return ResultRecord(self.id, self.archive.archs[best], float(fitness[best]), dict(entry.values),
+                            entry.params, entry.flops, history)  # fmt: skip
+
+    def finish(self) -> ResultRecord:
+        """Store the result and mark the job done, atomically."""
+        result = self.result()
+        self.registry.set_result(result)
+        return result

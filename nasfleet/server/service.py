@@ -1,0 +1,240 @@
+"""The service around the orchestrator: Celery dispatcher, local worker processes, embedded and distributed.
+
+Embedded (the default, no servers): the broker is an SQLite file in a state directory and `LocalWorkers`
+starts ``celery -A nasfleet.server.celery_app worker`` processes itself and stops them (by process
+group) when done, also on error. Distributed: the broker is ``redis://`` or ``amqp://``, the registry
+``postgresql+psycopg://``, and workers are ``nasfleet worker`` processes started on any machines;
+``local_workers`` may still add some here. `Service` puts the pieces together.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from nasfleet.server.celery_app import CelerySettings, make_app, sqlite_broker_url
+from nasfleet.server.orchestrator import FairShare, Orchestrator
+from nasfleet.server.registry import Registry, ResultRecord
+from nasfleet.server.tasks import TASK_NAME
+
+STARTUP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+BROKER_FILE = "broker.sqlite"
+
+
+class CeleryDispatcher:
+    """Sends scoring tasks through a Celery app to its queue (no result is awaited: results are in the
+    registry)."""
+
+    def __init__(self, app: Celery, queue: str) -> None:
+        self.app, self.queue = app, queue
+
+    def send(self, payload: dict[str, Any], archs: list[str]) -> None:
+        self.app.send_task(TASK_NAME, args=(payload, archs), queue=self.queue)
+
+
+def embedded_settings(state_dir: str | Path, registry: str | None = None, **options: Any) -> CelerySettings:
+    """Settings of the embedded mode: the broker (and by default the registry) as SQLite files in
+    *state_dir*."""
+    state = Path(state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    url = registry or f"sqlite:///{(state / 'registry.sqlite').resolve()}"
+    return CelerySettings(broker=sqlite_broker_url(state / BROKER_FILE), registry=url, **options)
+
+
+def worker_command(
+    settings: CelerySettings, concurrency: int, pool: str = "prefork", name: str | None = None,
+    app_module: str = "nasfleet.server.celery_app", loglevel: str = "WARNING",
+) -> list[str]:  # fmt: skip
+    """The ``celery worker`` command line of one local worker process."""
+    command = [sys.executable, "-m", "celery", "-A", app_module, "worker", f"--pool={pool}",
+               f"--concurrency={concurrency}", f"--queues={settings.queue}", f"--loglevel={loglevel}",
+               "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
+    if name is not None:
+        command.append(f"--hostname={name}")
+    return command
+
+
+class LocalWorkers:
+    """Celery worker processes on this machine, started, revived and stopped by their owner.
+
+    Each process runs ``celery worker`` with *concurrency* pool processes (one torch thread each); the
+    launcher waits until each reports ready (a file its ``worker_ready`` signal writes). `revive` restarts
+    a worker process that exited (killed, or an unrecoverable broker error: kombu's Redis transport can
+    crash the worker when the broker goes away while tasks are unacknowledged). `stop` sends SIGTERM (a
+    warm shutdown: running tasks finish) and, after ``STOP_TIMEOUT_S``, SIGKILL to the process group; it
+    is idempotent and runs on leaving the ``with`` block, also on error. Logs go to
+    ``worker-<n>.log`` in *log_dir* (default: *state_dir*), or to this process's output if *log_dir* is
+    ``"-"``.
+    """
+
+    def __init__(
+        self, settings: CelerySettings, state_dir: str | Path, *, processes: int = 1, concurrency: int = 1,
+        pool: str = "prefork", app_module: str = "nasfleet.server.celery_app",
+        env: Mapping[str, str] | None = None, log_dir: str | Path | None = None,
+    ) -> None:  # fmt: skip
+        if processes < 1 or concurrency < 1:
+            raise ValueError(f"processes and concurrency must be >= 1, but got {processes}, {concurrency}")
+        self.settings, self.state_dir = settings, Path(state_dir)
+        self.processes, self.concurrency = processes, concurrency
+        self.pool, self.app_module = pool, app_module
+        self.env = dict(env or {})
+        self.log_dir = None if log_dir == "-" else Path(log_dir or state_dir)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.revived = 0
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.procs]
+
+    def _ready_file(self, index: int) -> Path:
+        return self.state_dir / f"worker-{os.getpid()}-{id(self)}-{index}.ready"
+
+    def _launch(self, index: int) -> subprocess.Popen[bytes]:
+        ready = self._ready_file(index)
+        ready.unlink(missing_ok=True)
+        name = f"nasfleet{index}-{os.getpid()}-{id(self) % 10**6}@%h"
+        command = worker_command(self.settings, self.concurrency, self.pool, name, self.app_module)
+        threads = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+        env = {**os.environ, **threads, **self.settings.to_env(), **self.env,
+               "NASFLEET_WORKER_READY_FILE": str(ready)}  # fmt: skip
+        if self.log_dir is None:
+            return subprocess.Popen(command, env=env, start_new_session=True)
+        with open(self.log_dir / f"worker-{index}.log", "ab") as log:
+            return subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
+
+    def start(self, wait: bool = True) -> LocalWorkers:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.procs = [self._launch(index) for index in range(self.processes)]
+        if wait:
+            self._wait_ready(range(self.processes))
+        return self
+
+    def revive(self) -> int:
+        """Restart every worker process that exited (its pool children are killed first); how many."""
+        dead = [index for index, proc in enumerate(self.procs) if proc.poll() is not None]
+        for index in dead:
+            _signal_group(self.procs[index].pid, signal.SIGKILL)
+            self.procs[index] = self._launch(index)
+        self.revived += len(dead)
+        return len(dead)
+
+    def _wait_ready(self, indices: Iterable[int]) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not all(self._ready_file(index).exists() for index in indices):
+            dead = [proc for proc in self.procs if proc.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                self.stop()
+                why = f"exited with {dead[0].returncode}" if dead else f"not ready in {STARTUP_TIMEOUT_S} s"
+                raise RuntimeError(f"a local Celery worker {why}; see the logs in {self.log_dir}")
+            time.sleep(0.05)
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Warm shutdown, then SIGKILL of each worker's process group (its pool children too)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # the main process only: it stops its pool itself
+        deadline = time.monotonic() + timeout_s
+        for proc in self.procs:
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            _signal_group(proc.pid, signal.SIGKILL)  # the pool's children, even once the parent is gone
+            proc.wait()
+        self.procs.clear()
+
+    def __enter__(self) -> LocalWorkers:
+        return self if self.procs else self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """How many local worker processes to run (0: rely on remote ``nasfleet worker``s) and the quotas."""
+
+    local_workers: int = 1
+    concurrency: int = 1
+    pool: str = "prefork"
+    fair: FairShare = field(default_factory=FairShare)
+    poll_s: float = 0.01
+    lost_after_s: float = 900.0
+
+
+class Service:
+    """A broker, a registry, local workers (if any) and an orchestrator, started and stopped together."""
+
+    def __init__(
+        self, settings: CelerySettings, state_dir: str | Path, options: ServiceOptions | None = None
+    ) -> None:
+        self.settings, self.state_dir = settings, Path(state_dir)
+        self.options = options or ServiceOptions()
+        self.app = make_app(settings)
+        self.registry = Registry(settings.registry)
+        self.workers: LocalWorkers | None = None
+
+    def __enter__(self) -> Service:
+        if self.options.local_workers:
+            options = self.options
+            self.workers = LocalWorkers(self.settings, self.state_dir, processes=options.local_workers,
+                                        concurrency=options.concurrency, pool=options.pool)  # fmt: skip
+            try:
+                self.workers.start()
+            except BaseException:
+                self.close()
+                raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.workers is not None:
+            self.workers.stop()
+        self.app.close()
+        self.registry.close()
+
+    def orchestrator(self, job_ids: Sequence[str] | None = None, **overrides: Any) -> Orchestrator:
+        options = replace(self.options, **{k: v for k, v in overrides.items() if hasattr(self.options, k)})
+        rest = {k: v for k, v in overrides.items() if not hasattr(self.options, k)}
+        dispatcher = CeleryDispatcher(self.app, self.settings.queue)
+        if self.workers is not None:
+            rest.setdefault("housekeeping", self.workers.revive)
+        return Orchestrator(self.registry, dispatcher, fair=options.fair, job_ids=job_ids,
+                            poll_s=options.poll_s, lost_after_s=options.lost_after_s, **rest)  # fmt: skip
+
+    def run(self, job_ids: Sequence[str] | None = None, **overrides: Any) -> dict[str, ResultRecord]:
+        """Run the registry's unfinished jobs (or *job_ids*) to the end."""
+        return self.orchestrator(job_ids, **overrides).run()
+
+
+@contextmanager
+def embedded(state_dir: str | Path, *, workers: int = 1, registry: str | None = None,
+             **options: Any) -> Iterator[Service]:  # fmt: skip
+    """The embedded service: SQLite broker (and registry) in *state_dir*, *workers* local worker processes.
+
+    Each worker is its own process (with one pool process) in its own session: on Linux with autogroup
+    scheduling a session is one scheduling group, so N workers in N sessions get N shares of a busy
+    machine, where N pool processes of one worker would share one.
+    """
+    settings = embedded_settings(state_dir, registry)
+    options.setdefault("concurrency", 1)
+    with Service(settings, state_dir, ServiceOptions(local_workers=workers, **options)) as service:
+        yield service

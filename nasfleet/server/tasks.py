@@ -1,0 +1,366 @@
+"""The scoring task: raw proxy values of a batch of candidates, stored in the registry (DESIGN step 4).
+
+``score_batch(payload, archs)`` is small on the wire: *payload* names the job, its characteristics hash
+and the scoring configuration (`ScoringSpec`), *archs* are canonical arch strings. The characteristics
+themselves (sketches are arrays) travel once, in the job's ``options`` (`encode_characteristics`); a worker
+loads them from the registry by job id, checks them against the hash, and keeps them per process.
+
+For each arch not yet in the evaluation cache, the task builds the network, runs one probe on the
+device's synthetic batch, and stores the evaluation of the job and then the cache entry, each write
+idempotent; the orchestrator reads the cache entry, so an arch is complete once its entry exists. A
+redelivered task (a worker died, at-least-once delivery) finds the arch cached and skips it: the registry
+ends with exactly one evaluation per (job, arch).
+
+Failures: a malformed payload is a `PayloadError`, never retried; a proxy that cannot score an arch
+(`ProxyError`) is final too, and marks the job failed with the reason; anything else (the registry or the
+broker briefly away) is retried a bounded number of times with backoff.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from celery import Task, shared_task
+
+from nasfleet.clients.messages import DataCharacteristics, MessageError
+from nasfleet.proxies.base import ProxyError
+from nasfleet.proxies.engine import expand_names, score_archs
+from nasfleet.proxies.probe import ProbeBatch
+from nasfleet.server.registry import CacheEntry, CacheKey, EvaluationRecord, Registry, RegistryError
+from nasfleet.server.synthetic import MAX_BATCH_SIZE, MIN_BATCH_SIZE, synthetic_probe_batch
+from nasfleet.spaces import SPACES, ArchitectureError, Genome, SearchSpace, get_space
+
+TASK_NAME = "nasfleet.score_batch"
+PAYLOAD_VERSION = 1
+MAX_ARCHS_PER_TASK = 256
+MAX_RETRIES = 3
+_ID_CHARS = frozenset("0123456789abcdef")
+_CACHED_ITEMS = 16
+log = logging.getLogger(__name__)
+
+
+class PayloadError(ValueError):
+    """A task payload that breaks its schema: rejected at once, never retried."""
+
+
+def _require(ok: bool, field: str, rule: str, value: object) -> None:
+    if not ok:
+        raise PayloadError(f"{field} must be {rule}, but got {repr(value)[:200]}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _hex(field: str, value: object, length: int) -> str:
+    ok = isinstance(value, str) and len(value) == length and set(value) <= _ID_CHARS
+    _require(ok, field, f"{length} lowercase hex digits", value)
+    return str(value)
+
+
+# -- what decides raw values ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScoringSpec:
+    """Everything beside arch and characteristics that raw proxy values depend on.
+
+    Its `digest` is the cache key's proxy-configuration hash: two jobs whose specs are equal (and whose
+    characteristics are equal) share evaluations, whatever their strategies and seeds.
+    """
+
+    space: str
+    proxies: tuple[str, ...]
+    batch_size: int
+    seed: int
+    space_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"space": self.space, "proxies": list(self.proxies), "batch_size": self.batch_size,
+                "seed": self.seed, "space_options": dict(self.space_options)}  # fmt: skip
+
+    @classmethod
+    def from_wire(cls, data: object) -> ScoringSpec:
+        _require(isinstance(data, Mapping), "scoring", "a mapping", data)
+        assert isinstance(data, Mapping)
+        space, proxies = data.get("space"), data.get("proxies")
+        batch_size, seed = data.get("batch_size"), data.get("seed")
+        _require(space in SPACES, "scoring.space", f"one of {sorted(SPACES)}", space)
+        ok = isinstance(proxies, list) and bool(proxies) and all(isinstance(p, str) for p in proxies)
+        _require(ok, "scoring.proxies", "a non-empty list of proxy names", proxies)
+        assert isinstance(proxies, list)
+        try:
+            expand_names(",".join(proxies), True)
+        except ProxyError as error:
+            raise PayloadError(f"scoring.proxies: {error}") from None
+        ok = _is_int(batch_size) and MIN_BATCH_SIZE <= batch_size <= MAX_BATCH_SIZE  # type: ignore[operator]
+        _require(ok, "scoring.batch_size", f"an integer in [{MIN_BATCH_SIZE}, {MAX_BATCH_SIZE}]", batch_size)
+        _require(_is_int(seed) and 0 <= seed < 2**63, "scoring.seed", "an integer in [0, 2**63)", seed)  # type: ignore[operator]
+        options = data.get("space_options", {})
+        _require(isinstance(options, Mapping), "scoring.space_options", "a mapping", options)
+        assert isinstance(options, Mapping)
+        try:
+            make_space(str(space), options)
+        except (TypeError, ValueError) as error:
+            raise PayloadError(f"scoring.space_options: {error}") from None
+        return cls(str(space), tuple(proxies), int(batch_size), int(seed), dict(options))  # type: ignore[arg-type]
+
+    def digest(self) -> str:
+        canonical = json.dumps({"version": PAYLOAD_VERSION, **self.to_wire()}, sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """A validated task: which job, whose characteristics, how to score, and the canonical archs."""
+
+    job_id: str
+    characteristics_hash: str
+    scoring: ScoringSpec
+    archs: tuple[str, ...]
+
+    def key(self, arch: str) -> CacheKey:
+        return CacheKey(arch, self.characteristics_hash, self.scoring.digest())
+
+
+def make_space(name: str, options: Mapping[str, Any] | None = None) -> SearchSpace:
+    """The space *name* built with *options* (e.g. a small NB201: ``channels``, ``cells_per_stage``)."""
+    if not options:
+        return get_space(name)
+    if name not in SPACES:
+        raise ValueError(f"space must be one of {sorted(SPACES)}, but got {name!r}")
+    return SPACES[name](**options)
+
+
+def make_payload(job_id: str, characteristics_hash: str, scoring: ScoringSpec) -> dict[str, Any]:
+    """The task's first argument, as the orchestrator sends it."""
+    return {
+        "version": PAYLOAD_VERSION,
+        "job_id": job_id,
+        "characteristics_hash": characteristics_hash,
+        "scoring": scoring.to_wire(),
+        "proxy_config_hash": scoring.digest(),
+    }
+
+
+def parse_request(payload: object, archs: object) -> BatchRequest:
+    """The boundary of the task: a `BatchRequest`, or a `PayloadError` naming the field, rule and value."""
+    _require(isinstance(payload, Mapping), "payload", "a mapping", type(payload).__name__)
+    assert isinstance(payload, Mapping)
+    _require(payload.get("version") == PAYLOAD_VERSION, "payload.version", str(PAYLOAD_VERSION),
+             payload.get("version"))  # fmt: skip
+    job_id = _hex("payload.job_id", payload.get("job_id"), 32)
+    characteristics_hash = _hex("payload.characteristics_hash", payload.get("characteristics_hash"), 64)
+    scoring = ScoringSpec.from_wire(payload.get("scoring"))
+    claimed = payload.get("proxy_config_hash")
+    _require(claimed == scoring.digest(), "payload.proxy_config_hash", f"{scoring.digest()} (the hash of "
+             "payload.scoring)", claimed)  # fmt: skip
+    ok = isinstance(archs, list | tuple) and 0 < len(archs) <= MAX_ARCHS_PER_TASK
+    _require(ok, "archs", f"a list of 1 to {MAX_ARCHS_PER_TASK} arch strings", archs)
+    assert isinstance(archs, list | tuple)
+    space = make_space(scoring.space, scoring.space_options)
+    canonical = tuple(_canonical(space, index, arch) for index, arch in enumerate(archs))
+    _require(len(set(canonical)) == len(canonical), "archs", "distinct architectures", list(archs))
+    return BatchRequest(job_id, characteristics_hash, scoring, canonical)
+
+
+def _canonical(space: SearchSpace, index: int, arch: object) -> str:
+    _require(isinstance(arch, str), f"archs[{index}]", "an arch string", arch)
+    try:
+        canonical = space.encode(space.decode(str(arch)))
+    except ArchitectureError as error:
+        raise PayloadError(f"archs[{index}] must be an architecture of {space.name}: {error}") from None
+    _require(canonical == arch, f"archs[{index}]", f"in canonical form ({canonical})", arch)
+    return canonical
+
+
+# -- characteristics in a job's options ----------------------------------------------------------------------
+def encode_characteristics(characteristics: DataCharacteristics) -> dict[str, Any]:
+    """JSON data for a job's ``options["characteristics"]``: wire scalars, arrays as base64 float32 bytes."""
+    scalars, arrays = characteristics.to_wire()
+    encoded = {
+        name: {"shape": list(array.shape),
+               "float32": base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode()}
+        for name, array in arrays.items()
+    }  # fmt: skip
+    return {"scalars": scalars, "arrays": encoded}
+
+
+def decode_characteristics(data: object) -> DataCharacteristics:
+    """The characteristics `encode_characteristics` stored; a `MessageError` if they break the schema."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("scalars"), Mapping):
+        raise MessageError(f"characteristics must be a mapping with 'scalars', but got {repr(data)[:200]}")
+    arrays: dict[str, np.ndarray] = {}
+    for name, item in dict(data.get("arrays") or {}).items():
+        try:
+            raw = base64.b64decode(item["float32"], validate=True)
+            arrays[name] = np.frombuffer(raw, dtype="<f4").reshape(item["shape"]).astype(np.float32)
+        except (KeyError, TypeError, ValueError) as error:
+            raise MessageError(
+                f"characteristics array {name!r} must be base64 float32 data: {error}"
+            ) from None
+    return DataCharacteristics.from_wire(data["scalars"], arrays)
+
+
+# -- per-process state: the registry, characteristics and probe batches, reused across tasks ---------------
+class _Lru(OrderedDict[Any, Any]):
+    def remember(self, key: Any, value: Any) -> Any:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > _CACHED_ITEMS:
+            self.popitem(last=False)
+        return value
+
+
+_REGISTRIES: dict[str, Registry] = {}
+_CHARACTERISTICS = _Lru()
+_BATCHES = _Lru()
+
+
+def worker_registry(url: str) -> Registry:
+    """This process's registry for *url*, opened once (a forked worker child opens its own)."""
+    key = f"{os.getpid()}:{url}"
+    if key not in _REGISTRIES:
+        _REGISTRIES[key] = Registry(url)
+    return _REGISTRIES[key]
+
+
+def load_characteristics(registry: Registry, request: BatchRequest) -> DataCharacteristics:
+    """The job's characteristics, checked against the payload's hash (content-addressed, so cached)."""
+    if request.characteristics_hash in _CHARACTERISTICS:
+        return _CHARACTERISTICS[request.characteristics_hash]  # type: ignore[no-any-return]
+    job = registry.get_job(request.job_id)
+    _require(job is not None, "payload.job_id", "the id of a registered job", request.job_id)
+    assert job is not None
+    _require(job.characteristics_hash == request.characteristics_hash, "payload.characteristics_hash",
+             f"the job's ({job.characteristics_hash})", request.characteristics_hash)  # fmt: skip
+    try:
+        characteristics = decode_characteristics(job.options.get("characteristics"))
+    except MessageError as error:
+        raise PayloadError(f"job {job.id} holds no usable characteristics: {error}") from None
+    digest = characteristics.digest()
+    _require(digest == request.characteristics_hash, "the job's stored characteristics",
+             f"those of hash {request.characteristics_hash}", digest)  # fmt: skip
+    return _CHARACTERISTICS.remember(digest, characteristics)  # type: ignore[no-any-return]
+
+
+def probe_batch(characteristics: DataCharacteristics, scoring: ScoringSpec) -> ProbeBatch:
+    key = (characteristics.digest(), scoring.batch_size, scoring.seed)
+    if key not in _BATCHES:
+        _BATCHES.remember(key, synthetic_probe_batch(characteristics, scoring.batch_size, scoring.seed))
+    return _BATCHES[key]  # type: ignore[no-any-return]
+
+
+# -- the work ------------------------------------------------------------------------------------------------
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _score_arch(
+    space: SearchSpace, genome: Genome, batch: ProbeBatch, scoring: ScoringSpec
+) -> tuple[dict[str, float], float]:
+    """Raw values of one arch on one fresh probe, and the seconds it took (the seam fault tests wrap)."""
+    table = score_archs(space, [genome], batch, scoring.proxies, seed=scoring.seed, progress=False)
+    return {name: float(table.values[name][0]) for name in scoring.proxies}, float(table.seconds[0])
+
+
+def score_request(registry: Registry, request: BatchRequest, worker: str = "") -> dict[str, Any]:
+    """Score the request's uncached archs, storing each (evaluation, then cache entry) as it is done.
+
+    Returns ``{"scored": {arch: values}, "cached": [archs already cached]}``.
+    """
+    characteristics = load_characteristics(registry, request)
+    try:
+        expand_names(",".join(request.scoring.proxies), characteristics.labeled)
+    except ProxyError as error:
+        raise PayloadError(f"scoring.proxies: {error}") from None
+    batch = probe_batch(characteristics, request.scoring)
+    space = make_space(request.scoring.space, request.scoring.space_options)
+    keys = [request.key(arch) for arch in request.archs]
+    cached = registry.cache_get(keys)
+    scored: dict[str, dict[str, float]] = {}
+    for arch, key in zip(request.archs, keys, strict=True):
+        if key in cached:
+            continue
+        genome = space.decode(arch)
+        values, seconds = _score_arch(space, genome, batch, request.scoring)
+        cost = space.cost(genome, characteristics.num_classes, characteristics.input_shape)
+        evaluation = EvaluationRecord(arch, values, cost.params, cost.flops, seconds, worker)
+        registry.add_evaluations(request.job_id, [evaluation])
+        registry.cache_put([CacheEntry(key, values, cost.params, cost.flops)])
+        scored[arch] = values
+    return {"scored": scored, "cached": [arch for arch, key in zip(request.archs, keys, strict=True)
+                                         if key in cached]}  # fmt: skip
+
+
+FINAL_ERRORS = (PayloadError, ProxyError)
+
+
+def record_failure(registry: Registry, payload: object, archs: object, error: BaseException) -> None:
+    """A task failed for good: mark its job failed with the reason (not for a malformed payload, whose
+    job id cannot be trusted)."""
+    if isinstance(error, PayloadError):
+        log.error("nasfleet: rejected a malformed task: %s", error)
+        return
+    try:
+        request = parse_request(payload, archs)
+        registry.update_job(request.job_id, status="failed", error=f"scoring failed: {error}")
+    except (PayloadError, RegistryError) as problem:
+        log.error("nasfleet: a task failed (%s) and its job could not be marked: %s", error, problem)
+
+
+class ScoreTask(Task):  # type: ignore[misc]
+    """Marks the job failed when scoring fails for good (retries spent, or an error that cannot pass)."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        payload, archs = [*list(args), None, None][:2]
+        log.error("nasfleet: task %s failed: %s", task_id, exc)
+        record_failure(worker_registry(self.app.conf.nasfleet_registry), payload, archs, exc)
+
+
+@shared_task(  # type: ignore[untyped-decorator]
+    bind=True,
+    base=ScoreTask,
+    name=TASK_NAME,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(Exception,),
+    dont_autoretry_for=FINAL_ERRORS,
+    max_retries=MAX_RETRIES,
+    retry_backoff=1,
+    retry_backoff_max=8,
+    retry_jitter=False,
+    ignore_result=True,
+)
+def score_batch(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Score the archs ``args[1]`` of the job ``args[0]`` names; see the module docstring.
+
+    The signature takes anything, so that a message with the wrong arguments is a `PayloadError`
+    (rejected at once) rather than a ``TypeError`` (which would be retried).
+    """
+    started = time.perf_counter()
+    _require(len(args) == 2 and not kwargs, "task arguments", "(payload, archs)", (args, kwargs))
+    request = parse_request(*args)
+    registry = worker_registry(self.app.conf.nasfleet_registry)
+    outcome = score_request(registry, request, worker_name())
+    log.info("nasfleet: job %s: %d scored, %d cached in %.2f s", request.job_id, len(outcome["scored"]),
+             len(outcome["cached"]), time.perf_counter() - started)  # fmt: skip
+    return outcome
+
+
+def score_locally(registry: Registry, payload: dict[str, Any], archs: list[str]) -> None:
+    """Run one task in this process as a worker would, failures included (no retries: nothing is
+    transient in process)."""
+    try:
+        score_request(registry, parse_request(payload, archs), worker_name())
+    except (*FINAL_ERRORS, RegistryError) as error:
+        record_failure(registry, payload, archs, error)

@@ -1,0 +1,109 @@
+"""``nasfleet worker`` and ``nasfleet orchestrate``: the service's commands, wired into `nasfleet.cli`.
+
+``nasfleet worker`` runs scoring workers on this machine for a broker and a registry (start it on any
+number of machines); it keeps them alive (a worker process that exits is restarted) until SIGINT or
+SIGTERM. ``nasfleet orchestrate`` runs the registry's unfinished jobs to the end, with local workers of
+its own (embedded mode, the default) or only remote ones (``--local-workers 0``).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from nasfleet.server.celery_app import (
+    DEFAULT_BROKER_URL,
+    DEFAULT_QUEUE,
+    CelerySettings,
+    SettingsError,
+)
+from nasfleet.server.orchestrator import FairShare
+from nasfleet.server.registry import DEFAULT_URL, RegistryError
+from nasfleet.server.service import LocalWorkers, Service, ServiceOptions
+
+BrokerOption = Annotated[
+    str,
+    typer.Option("--broker", help="sqlite:///FILE (embedded, no server) | redis://HOST:PORT/DB | amqp://..."),
+]
+RegistryOption = Annotated[
+    str, typer.Option("--registry", help="sqlite:///FILE | postgresql+psycopg://USER@HOST:PORT/DB")
+]
+QueueOption = Annotated[str, typer.Option("--queue", help="Celery queue the workers consume.")]
+ConcurrencyOption = Annotated[
+    int, typer.Option("--concurrency", min=1, help="Pool processes per worker (one torch thread each).")
+]
+PoolOption = Annotated[str, typer.Option("--pool", help="Celery pool: prefork | solo.")]
+
+
+def _settings(broker: str, registry: str, queue: str) -> CelerySettings:
+    try:
+        return CelerySettings(broker=broker, registry=registry, queue=queue)
+    except SettingsError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+def worker(
+    broker: BrokerOption = DEFAULT_BROKER_URL,
+    registry: RegistryOption = DEFAULT_URL,
+    queue: QueueOption = DEFAULT_QUEUE,
+    concurrency: ConcurrencyOption = 1,
+    processes: Annotated[int, typer.Option("--processes", min=1, help="Worker processes.")] = 1,
+    pool: PoolOption = "prefork",
+) -> None:
+    """Run scoring workers for a broker and a registry until interrupted (restarting any that exit)."""
+    settings = _settings(broker, registry, queue)
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with tempfile.TemporaryDirectory(prefix="nasfleet-worker-") as state:
+            workers = LocalWorkers(settings, state, processes=processes, concurrency=concurrency,
+                                   pool=pool, log_dir="-")  # fmt: skip
+            with workers:
+                shown = f"{processes} x {concurrency} on queue {queue!r}, pids {workers.pids}"
+                typer.echo(f"nasfleet worker: {shown}", err=True)
+                while not stopping:
+                    if workers.revive():
+                        typer.echo(f"nasfleet worker: restarted, pids {workers.pids}", err=True)
+                    time.sleep(0.2)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def orchestrate(
+    broker: BrokerOption = DEFAULT_BROKER_URL,
+    registry: RegistryOption = DEFAULT_URL,
+    queue: QueueOption = DEFAULT_QUEUE,
+    local_workers: Annotated[
+        int, typer.Option("--local-workers", min=0, help="Worker processes to start here (0: remote only).")
+    ] = 1,
+    concurrency: ConcurrencyOption = 1,
+    max_jobs_per_tenant: Annotated[int, typer.Option("--max-jobs-per-tenant", min=1)] = 4,
+    max_in_flight: Annotated[int, typer.Option("--max-in-flight", min=1, help="Archs sent, unanswered.")] = 8,
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="Local workers' logs.")] = Path(".nasfleet"),
+) -> None:
+    """Run the registry's unfinished jobs to the end through Celery; print each result as JSON lines."""
+    settings = _settings(broker, registry, queue)
+    fair = FairShare(max_jobs_per_tenant=max_jobs_per_tenant, max_in_flight=max_in_flight)
+    options = ServiceOptions(local_workers=local_workers, concurrency=concurrency, fair=fair)
+    try:
+        with Service(settings, state_dir, options) as service:
+            orchestrator = service.orchestrator()
+            results = orchestrator.run()
+            for job_id, error in orchestrator.failed.items():
+                typer.echo(json.dumps({"job_id": job_id, "status": "failed", "error": error}))
+    except RegistryError as error:
+        raise typer.BadParameter(str(error)) from None
+    for result in results.values():
+        done = {"job_id": result.job_id, "status": "done", "arch": result.arch, "score": result.score}
+        typer.echo(json.dumps({**done, "params": result.params, "flops": result.flops}))

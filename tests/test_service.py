@@ -1,0 +1,173 @@
+"""The service end to end through real Celery workers: embedded (SQLite broker), Redis + PostgreSQL, RabbitMQ.
+
+Each test starts its own worker processes (and stops them, with their pool children, also on failure),
+uses its own queue name, Redis database number and registry, and checks the jobs reach the results of
+the in-process reference run with exactly one evaluation per (job, arch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import typer
+from kombu import Connection
+from service_support import (
+    assert_one_evaluation_per_arch,
+    child_process,
+    outcome,
+    python,
+    reference,
+    sqlite_url,
+    submit_plan,
+)
+from typer.testing import CliRunner
+
+from nasfleet.server.celery_app import CelerySettings, SettingsError
+from nasfleet.server.orchestrator import FairShare
+from nasfleet.server.registry import Registry
+from nasfleet.server.service import LocalWorkers, Service, ServiceOptions, embedded, embedded_settings
+from nasfleet.server.worker_cli import orchestrate, worker
+
+REDIS_DB = 11
+THREE_BY_THREE = [(tenant, seed, 8, seed % 2) for tenant in ("a", "b", "c") for seed in (1, 2, 3)]
+TWO_JOBS = [("acme", 1, 12, 0), ("globex", 2, 12, 1)]
+
+
+def _queue() -> str:
+    return f"nasfleet-test-{uuid.uuid4().hex[:8]}"
+
+
+def _process_group(pid: int) -> list[int]:
+    """Live processes of the process group *pid* leads (a worker and its pool children)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pid and fields[0] != "Z":
+                members.append(int(entry.name))
+    return members
+
+
+def _run_and_check(service: Service, tmp_path: Path, plan: list[tuple[str, int, int, int]]) -> None:
+    jobs = submit_plan(service.registry, plan)
+    orchestrator = service.orchestrator(fair=FairShare(max_in_flight=4))
+    orchestrator.run(timeout_s=150)
+    assert [outcome(service.registry, job.id) for job in jobs] == reference(tmp_path / "ref", plan)
+    workers = set()
+    for job in jobs:
+        assert_one_evaluation_per_arch(service.registry, job.id)
+        workers |= {e.worker for e in service.registry.evaluations(job.id)}
+    # Scored by pool processes (host:pid), or answered by the cache (scored for another job)
+    scorers = workers - {"cache"}
+    assert scorers and all(name.count(":") == 1 for name in scorers), workers
+    assert orchestrator.stats.dispatched > 0
+
+
+@pytest.fixture
+def redis_broker(redis_url: str) -> Iterator[str]:
+    """A Redis database of this module's own, emptied afterwards."""
+    url = redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
+    yield url
+    redis.Redis.from_url(url).flushdb()
+
+
+def test_embedded_mode_runs_two_jobs_through_real_workers(tmp_path: Path) -> None:
+    with embedded(tmp_path / "state", workers=2) as service:
+        assert service.settings.embedded and service.workers is not None
+        pids = service.workers.pids
+        assert [len(_process_group(pid)) for pid in pids] == [2, 2]  # each worker and its pool process
+        _run_and_check(service, tmp_path, TWO_JOBS)
+    assert [_process_group(pid) for pid in pids] == [[], []]
+
+
+def test_embedded_mode_runs_three_tenants_with_three_jobs_each(tmp_path: Path) -> None:
+    with embedded(tmp_path / "state", workers=2) as service:
+        _run_and_check(service, tmp_path, THREE_BY_THREE)
+
+
+def test_redis_broker_and_postgresql_registry_run_three_tenants_with_three_jobs_each(
+    tmp_path: Path, redis_broker: str, postgres_url: str
+) -> None:
+    settings = CelerySettings(broker=redis_broker, registry=postgres_url, queue=_queue())
+    with Service(settings, tmp_path, ServiceOptions(local_workers=1, concurrency=2)) as service:
+        _run_and_check(service, tmp_path, THREE_BY_THREE)
+
+
+def test_rabbitmq_broker_runs_two_jobs(tmp_path: Path, amqp_url: str) -> None:
+    queue = _queue()
+    settings = CelerySettings(broker=amqp_url, registry=sqlite_url(tmp_path), queue=queue)
+    try:
+        with Service(settings, tmp_path, ServiceOptions(local_workers=1, concurrency=2)) as service:
+            _run_and_check(service, tmp_path, TWO_JOBS)
+    finally:
+        with Connection(amqp_url) as connection:
+            connection.default_channel.queue_delete(queue)
+
+
+def test_remote_workers_serve_an_orchestrator_that_starts_none(tmp_path: Path) -> None:
+    # Prepare: the workers are started apart, as `nasfleet worker` would be on another machine
+    settings = embedded_settings(tmp_path / "state")
+    workers = LocalWorkers(settings, tmp_path / "remote", concurrency=1)
+    with workers, Service(settings, tmp_path, ServiceOptions(local_workers=0)) as service:
+        assert service.workers is None
+        _run_and_check(service, tmp_path, [("acme", 4, 8, 0)])
+
+
+def test_settings_come_from_the_environment_and_are_checked() -> None:
+    settings = CelerySettings(broker="redis://127.0.0.1:6379/3", registry="sqlite:///x.db", queue="q1")
+    assert CelerySettings.from_env(settings.to_env()) == settings
+    assert not settings.embedded and CelerySettings().embedded
+    with pytest.raises(SettingsError, match="broker must be a URL"):
+        CelerySettings(broker="kafka://x")
+    with pytest.raises(SettingsError, match="time limits"):
+        CelerySettings(soft_time_limit=10, time_limit=5)
+    assert os.environ.get("NASFLEET_BROKER") is None or CelerySettings.from_env()
+
+
+def test_two_worker_commands_serve_the_orchestrate_command(tmp_path: Path) -> None:
+    # Prepare: `nasfleet worker` twice (as on two machines) and queued jobs in the registry
+    settings = embedded_settings(tmp_path / "state")
+    with Registry(settings.registry) as registry:
+        jobs = submit_plan(registry, TWO_JOBS)
+    urls = ["--broker", settings.broker, "--registry", settings.registry, "--queue", settings.queue]
+    command = python("import typer", "from nasfleet.server.worker_cli import worker", "typer.run(worker)")
+    with (
+        child_process([*command, *urls], tmp_path / "w1.log") as first,
+        child_process([*command, *urls], tmp_path / "w2.log") as second,
+    ):
+        # Execute: the orchestrator starts no worker of its own
+        cli = typer.Typer()
+        cli.command()(orchestrate)
+        cli.command()(worker)
+        result = CliRunner().invoke(cli, ["orchestrate", *urls, "--local-workers", "0"])
+        # Assert
+        assert result.exit_code == 0, result.output
+        lines = [json.loads(line) for line in result.stdout.splitlines()]
+        assert sorted(line["job_id"] for line in lines) == sorted(job.id for job in jobs)
+        assert {line["status"] for line in lines} == {"done"}
+        for proc in (first, second):
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+            assert _process_group(proc.pid) == []
+    with Registry(settings.registry) as registry:
+        assert [outcome(registry, job.id) for job in jobs] == reference(tmp_path / "ref", TWO_JOBS)
+        workers = {e.worker.split(":")[1] for job in jobs for e in registry.evaluations(job.id)} - {"cache"}
+        assert len(workers) >= 2
+
+
+def test_the_worker_command_rejects_a_bad_broker() -> None:
+    cli = typer.Typer()
+    cli.command()(worker)
+    cli.command()(orchestrate)
+    result = CliRunner().invoke(cli, ["worker", "--broker", "kafka://x"])
+    assert result.exit_code != 0 and "broker must be a URL" in result.output
