@@ -1,0 +1,179 @@
+"""``nasfleet serve`` (the tenant HTTP API) and ``nasfleet tenants`` (tenants and their API keys).
+
+``nasfleet serve`` takes the broker, registry and queue flags of ``nasfleet worker``. Embedded (the
+default SQLite broker and registry, no server needed) it starts its own local workers; distributed
+(``--broker redis://…|amqp://…``, ``--registry postgresql+psycopg://…``) it adds ``--local-workers``
+to whatever ``nasfleet worker``s run elsewhere (0: remote only). Unless ``--no-orchestrate``, it runs
+the submitted jobs too (one orchestrator per registry: give further API servers ``--no-orchestrate``).
+
+``nasfleet tenants create NAME`` prints the new tenant's API key on stdout, once; the registry keeps only
+a salted hash of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nasfleet.server.api.app import ApiSettings, create_app
+from nasfleet.server.api.runner import running_service
+from nasfleet.server.api.validation import Limits
+from nasfleet.server.celery_app import DEFAULT_BROKER_URL, DEFAULT_QUEUE, CelerySettings, SettingsError
+from nasfleet.server.orchestrator import FairShare
+from nasfleet.server.registry import DEFAULT_URL, Registry, RegistryError
+from nasfleet.server.registry.cli import RegistryOption as TenantRegistryOption
+from nasfleet.server.registry.cli import open_registry
+from nasfleet.server.service import ServiceOptions
+from nasfleet.server.worker_cli import BrokerOption, ConcurrencyOption, QueueOption, RegistryOption
+
+tenants_app = typer.Typer(help="Tenants of the HTTP API and their API keys.", no_args_is_help=True)
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    broker: BrokerOption = DEFAULT_BROKER_URL,
+    registry: RegistryOption = DEFAULT_URL,
+    queue: QueueOption = DEFAULT_QUEUE,
+    local_workers: Annotated[
+        int, typer.Option("--local-workers", min=0, help="Worker processes to start here (0: remote only).")
+    ] = 1,
+    concurrency: ConcurrencyOption = 1,
+    orchestrate: Annotated[
+        bool, typer.Option("--orchestrate/--no-orchestrate", help="Run the submitted jobs in this server.")
+    ] = True,
+    max_jobs_per_tenant: Annotated[
+        int, typer.Option("--max-jobs-per-tenant", min=1, help="Jobs of one tenant searched at once.")
+    ] = 4,
+    max_in_flight: Annotated[int, typer.Option("--max-in-flight", min=1, help="Archs sent, unanswered.")] = 8,
+    max_active_jobs: Annotated[
+        int, typer.Option("--max-active-jobs", min=1, help="Unfinished jobs per tenant; one more is a 429.")
+    ] = 8,
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1024, help="Larger bodies: 413.")] = (
+        8 * 2**20
+    ),
+    max_budget: Annotated[int, typer.Option("--max-budget", min=1, help="Largest budget of a job.")] = 10_000,
+    max_sketch_values: Annotated[
+        int, typer.Option("--max-sketch-values", min=1, help="Values in a request's sketch arrays, at most.")
+    ] = 1_000_000,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Threads serving requests.")] = 40,
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="Local workers' logs.")] = Path(".nasfleet"),
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve the tenant HTTP API (OpenAPI at /openapi.json, docs at /docs) and run the submitted jobs."""
+    import uvicorn
+
+    try:
+        settings = CelerySettings(broker=broker, registry=registry, queue=queue)
+    except SettingsError as error:
+        raise typer.BadParameter(str(error)) from None
+    fair = FairShare(max_jobs_per_tenant=max_jobs_per_tenant, max_in_flight=max_in_flight)
+    options = ServiceOptions(local_workers=local_workers, concurrency=concurrency, fair=fair)
+    api = ApiSettings(max_body_bytes, max_active_jobs, Limits(max_budget, max_sketch_values), threads)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        with (
+            running_service(settings, state_dir, options, orchestrate=orchestrate) as (_service, loop),
+            Registry(settings.registry) as store,  # the API's own connections: load never starves the loop
+        ):
+            app = create_app(store, api, (lambda: loop.state) if loop is not None else None)
+            mode = "embedded" if settings.embedded else "distributed"
+            typer.echo(f"nasfleet serve: http://{host}:{port} ({mode} mode, orchestrator "
+                       f"{'on' if loop else 'off'})", err=True)  # fmt: skip
+            access = log_level in ("info", "debug", "trace")
+            with _signals_kept():
+                uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access)
+    except RegistryError as error:
+        raise typer.BadParameter(str(error), param_hint="--registry") from None
+
+
+@contextmanager
+def _signals_kept() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM recorded, not acted on, around uvicorn.
+
+    uvicorn stops on either, then raises it again in the handler it found; by default that would end
+    the process before the service stops its local workers. The recorded signals are returned.
+    """
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    try:
+        yield caught
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@tenants_app.command("create")
+def tenants_create(
+    name: Annotated[str, typer.Argument(help="Tenant name: 1-64 characters of [A-Za-z0-9_.-].")],
+    registry: TenantRegistryOption = DEFAULT_URL,
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Add a key if the tenant exists.")] = False,
+) -> None:
+    """Create a tenant and an API key for it; the key is printed once (stdout) and stored hashed."""
+    try:
+        with Registry(registry) as store:
+            store.create_tenant(name, exist_ok=exist_ok)
+            key = store.create_api_key(name)
+    except RegistryError as error:
+        raise typer.BadParameter(str(error)) from None
+    typer.echo(f"tenant {name!r}: API key shown once below; only its hash is stored", err=True)
+    typer.echo(key)
+
+
+@tenants_app.command("add-key")
+def tenants_add_key(
+    name: Annotated[str, typer.Argument(help="An existing tenant.")],
+    registry: TenantRegistryOption = DEFAULT_URL,
+) -> None:
+    """Create one more API key for an existing tenant (e.g. to rotate keys); printed once (stdout)."""
+    try:
+        with open_registry(registry) as store:
+            if store.get_tenant(name) is None:
+                raise RegistryError(f"tenant must be a registered tenant name, but got {name!r}")
+            key = store.create_api_key(name)
+    except RegistryError as error:
+        raise typer.BadParameter(str(error)) from None
+    typer.echo(key)
+
+
+@tenants_app.command("list")
+def tenants_list(
+    registry: TenantRegistryOption = DEFAULT_URL,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per tenant.")] = False,
+) -> None:
+    """Every tenant with its API keys' ids (the secret parts are never stored) and whether revoked."""
+    with open_registry(registry) as store:
+        tenants = store.list_tenants()
+        keys = store.list_api_keys()
+    for tenant in tenants:
+        own = [key for key in keys if key.tenant == tenant.name]
+        active = [key.key_id for key in own if not key.revoked]
+        revoked = [key.key_id for key in own if key.revoked]
+        if as_json:
+            typer.echo(json.dumps({"tenant": tenant.name, "created_at": tenant.created_at.isoformat(),
+                                   "active_keys": active, "revoked_keys": revoked}))  # fmt: skip
+        else:
+            typer.echo(f"{tenant.name}\tcreated {tenant.created_at:%Y-%m-%d %H:%M:%S}\t"
+                       f"keys {','.join(active) or '-'}\trevoked {len(revoked)}")  # fmt: skip
+
+
+@tenants_app.command("revoke-key")
+def tenants_revoke_key(
+    key: Annotated[str, typer.Argument(help="The API key, or its id (the part after 'nfk_').")],
+    registry: TenantRegistryOption = DEFAULT_URL,
+) -> None:
+    """Revoke an API key at once: every later request with it is a 401."""
+    with open_registry(registry) as store:
+        revoked = store.revoke_api_key(key)
+    if not revoked:
+        typer.echo("no such active API key", err=True)
+        raise typer.Exit(1)
+    typer.echo("revoked", err=True)
