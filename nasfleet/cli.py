@@ -20,12 +20,14 @@ import nasfleet.proxies  # noqa: F401 - importing the package fills the proxy an
 from nasfleet.proxies.base import ProxyError
 from nasfleet.proxies.engine import DEVICES, add_aggregates, check_device, expand_names, score_archs
 from nasfleet.proxies.probe import ProbeBatch
+from nasfleet.server.api.cli import serve, tenants_app
 from nasfleet.server.registry.cli import registry_app
 from nasfleet.server.worker_cli import orchestrate, worker
 from nasfleet.spaces import SPACES, ArchitectureError, Genome, InputShape, SearchSpace, get_space
 from nasfleet.spaces.base import check_input_shape
 
 if TYPE_CHECKING:
+    from nasfleet.clients import Dataset
     from nasfleet.search import SearchConfig, SearchResult
 
 app = typer.Typer(
@@ -164,14 +166,21 @@ def _expand(proxies: str, labeled: bool) -> tuple[tuple[str, ...], tuple[str, ..
         raise typer.BadParameter(str(error), param_hint="--proxies") from None
 
 
-def _probe_batch(data: str, batch_size: int, seed: int, labeled: bool) -> ProbeBatch:
-    """The seeded probe mini-batch of the train split of ``data``."""
+def _train_split(data: str) -> Dataset:
+    """The train split of ``data``."""
     from nasfleet.clients import load_dataset
 
     try:
-        dataset = load_dataset(data, "train")
+        return load_dataset(data, "train")
     except (ValueError, FileNotFoundError) as error:
         raise typer.BadParameter(str(error), param_hint="--data") from None
+
+
+def _probe_batch(
+    data: str, batch_size: int, seed: int, labeled: bool, dataset: Dataset | None = None
+) -> ProbeBatch:
+    """The seeded probe mini-batch of the train split of ``data`` (``dataset``, if already loaded)."""
+    dataset = _train_split(data) if dataset is None else dataset
     try:
         return ProbeBatch.from_dataset(dataset, batch_size, seed, labeled)
     except ValueError as error:
@@ -351,6 +360,52 @@ def _search_summary(result: SearchResult) -> str:
 
 
 CONSTRAINT_HINT = "--max-params / --max-flops"
+DEFAULT_REGISTRY = "sqlite:///nasfleet-registry.db"
+RegistryOption = Annotated[
+    str,
+    typer.Option(
+        "--registry",
+        envvar="NASFLEET_REGISTRY",
+        help="Registry URL: sqlite:///FILE or postgresql+psycopg://...",
+    ),
+]
+ServiceBrokerOption = Annotated[
+    str,
+    typer.Option(
+        "--broker",
+        envvar="NASFLEET_BROKER",
+        help="Celery broker: none for the embedded mode (SQLite, no server) | redis://HOST:PORT/DB | amqp://...",
+    ),
+]
+ServiceWorkersOption = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=0,
+        help="Local Celery worker processes (one torch thread each): at least 1 embedded; with --broker, "
+        "0 leaves the scoring to `nasfleet worker`s started elsewhere. Results do not change.",
+    ),
+]
+
+
+def _check_service(broker: str, registry: str, workers: int) -> None:
+    """The service options make sense: a known broker scheme, and a local worker when embedded."""
+    from nasfleet.server.celery_app import CelerySettings, SettingsError
+
+    if not broker and workers < 1:
+        raise typer.BadParameter(
+            "must be at least 1 without --broker (embedded mode)", param_hint="--workers"
+        )
+    try:
+        CelerySettings(broker=broker or "sqlite:///embedded.sqlite", registry=registry)
+    except SettingsError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+def _redacted(url: str) -> str:
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(url)) if url else url
 
 
 @app.command()
@@ -380,15 +435,30 @@ def search(
     aggregate: Annotated[
         str, typer.Option("--aggregate", help="Fitness: an aggregate over the archive.")
     ] = "fgnas",
-    workers: WorkersOption = 1,
+    tenant: Annotated[str, typer.Option("--tenant", help="Registry tenant the job belongs to.")] = "default",
+    registry: RegistryOption = DEFAULT_REGISTRY,
+    broker: ServiceBrokerOption = "",
+    workers: ServiceWorkersOption = 1,
 ) -> None:
-    """One personalized search in this process: ask/tell with fitness re-ranked over the archive → JSON.
+    """One personalized search, run as a job of the service: ask/tell with fitness re-ranked over the
+    archive → JSON.
 
+    The job goes to the registry (under --tenant), the orchestrator runs it through Celery workers, which
+    score each arch on a seeded mini-batch of --data's train split: embedded by default (local workers,
+    no server), or through --broker on `nasfleet worker`s elsewhere (with a shared --registry). An arch
+    already scored with the same data, batch and seed (by any job) comes from the registry's cache.
     Every arch is feasible under the constraints (exact params/FLOPs for the data's shape) and scored at
     most once. The JSON holds the best arch with its raw proxy values and cost, the best-so-far history,
-    the archive, timing (scoring against strategy overhead) and the strategy's state for resuming.
+    the archive, timing (scoring against orchestration overhead), the strategy's state and the job.
     """
-    from nasfleet.search import SearchError, make_strategy, run_search
+    from nasfleet.clients.characteristics import extract_characteristics
+    from nasfleet.clients.messages import ResourceConstraints
+    from nasfleet.search import SearchError, make_strategy
+    from nasfleet.server.celery_app import SettingsError
+    from nasfleet.server.job_run import JobOptions
+    from nasfleet.server.registry import RegistryError
+    from nasfleet.server.registry.models import check_name
+    from nasfleet.server.search_job import search_through_service
     from nasfleet.strategies import InfeasibleSearchError, StrategyError
 
     search_space, labeled = _space(space), not unlabeled
@@ -398,31 +468,39 @@ def search(
         space=space, strategy=strategy, budget=budget, seed=seed, ask_size=ask, strategy_config=options,
         labeled=labeled, aggregate=aggregate, max_params=max_params, max_flops=max_flops,
     )  # fmt: skip
-    batch = _probe_batch(data, batch_size, seed, labeled)
     try:
-        searcher = make_strategy(search_space, config, batch)
-    except StrategyError as error:
-        raise typer.BadParameter(str(error), param_hint="--strategy-config") from None
+        check_name("tenant", tenant)
+    except RegistryError as error:
+        raise typer.BadParameter(str(error), param_hint="--tenant") from None
+    _check_service(broker, registry, workers)
+    dataset = _train_split(data)
+    batch = _probe_batch(data, batch_size, seed, labeled, dataset)
     try:
-        result = run_search(search_space, searcher, batch, config, workers=workers)
+        # Checked here, before any service starts: the strategy's options and that some arch is feasible.
+        make_strategy(search_space, config, batch).feasible_sample()
     except InfeasibleSearchError as error:
         raise typer.BadParameter(f"{error}; nothing written", param_hint=CONSTRAINT_HINT) from None
+    except StrategyError as error:
+        raise typer.BadParameter(str(error), param_hint="--strategy-config") from None
+    characteristics = extract_characteristics(dataset, labeled=labeled, seed=seed, sketches=False)
+    job_options = JobOptions(ask_size=ask, aggregate=aggregate, batch_size=batch_size, scoring_seed=seed,
+                             probe_data=data)  # fmt: skip
+    try:
+        done = search_through_service(
+            characteristics, tenant=tenant, space=space, strategy=strategy, budget=budget, seed=seed,
+            strategy_config=options, constraints=ResourceConstraints(max_params, max_flops),
+            options=job_options, registry=registry, broker=broker, workers=workers,
+        )  # fmt: skip
     except (ProxyError, SearchError, StrategyError) as error:
         raise click.ClickException(f"search failed, nothing written: {error}") from None
-    payload = {**result.to_dict(), "data": data, "command": _command_line(ctx)}
+    except (RegistryError, RuntimeError, SettingsError) as error:
+        raise click.ClickException(
+            f"the service could not run the search, nothing written: {error}"
+        ) from None
+    command = _command_line(ctx, registry=_redacted(registry), broker=_redacted(broker) or None)
+    payload = {**done.result.to_dict(), "data": data, "command": command, "service": done.service}
     write_text_atomically(out, json.dumps(payload, indent=2) + "\n")
-    typer.echo(f"wrote {out}; {_search_summary(result)}", err=True)
-
-
-DEFAULT_REGISTRY = "sqlite:///nasfleet-registry.db"
-RegistryOption = Annotated[
-    str,
-    typer.Option(
-        "--registry",
-        envvar="NASFLEET_REGISTRY",
-        help="Registry URL: sqlite:///FILE or postgresql+psycopg://...",
-    ),
-]
+    typer.echo(f"wrote {out}; {_search_summary(done.result)}", err=True)
 
 
 @app.command()
@@ -459,12 +537,16 @@ def simulate(
     ] = False,
     registry: RegistryOption = DEFAULT_REGISTRY,
     seed: SeedOption = 0,
+    broker: ServiceBrokerOption = "",
+    workers: ServiceWorkersOption = 2,
 ) -> None:
     """A federation of N devices on Flower's simulation engine: one personalized round, end to end.
 
     Every device sends its DP-released data characteristics, constraints and calibrated profile; the
-    server searches one SubNet per device with FG-NAS on a synthetic batch rebuilt from them, each device
-    trains its SubNet locally and reports back, and everything is stored in the registry.
+    server submits one search job per device and runs them all at once through the orchestrator and
+    Celery workers (embedded by default; --broker for `nasfleet worker`s elsewhere), each scoring with
+    FG-NAS on a synthetic batch rebuilt from the device's characteristics; each device trains its SubNet
+    locally and reports back, and everything is stored in the registry.
     """
     from nasfleet.clients import load_dataset, partition
     from nasfleet.server.app import RoundConfig
@@ -472,6 +554,7 @@ def simulate(
 
     _check_strategy_name(strategy)
     _space(space)
+    _check_service(broker, registry, workers)
     try:  # the devices would each fail on a bad spec; say it once, before starting Flower
         partition(load_dataset(dataset).labels, partition_spec, clients, seed)
     except (ValueError, FileNotFoundError) as error:
@@ -494,6 +577,8 @@ def simulate(
         registry=registry,
         train_epochs=train_epochs,
         shared_baseline=shared_baseline,
+        broker=broker,
+        workers=workers,
     )
     outcomes = run_federation(config, devices)
     failed = [o for o in outcomes if not o.ok]
@@ -506,6 +591,8 @@ def simulate(
 app.add_typer(registry_app, name="registry")
 app.command()(worker)
 app.command()(orchestrate)
+app.command()(serve)
+app.add_typer(tenants_app, name="tenants")
 
 strategies_app = typer.Typer(
     help="Search strategies: the built-ins and installed plug-ins.", no_args_is_help=True

@@ -1,9 +1,11 @@
-"""The embedded, in-process search loop: one personalized search with FG-NAS fitness (DESIGN steps 3-6).
+"""The in-process search loop: one personalized search with FG-NAS fitness (DESIGN steps 3-6).
 
-This is the *embedded in-process path*: the strategy, the feasibility check, the evaluation cache, the
-scoring and the aggregation all run in the calling process. The Celery orchestrator of a later issue
-replaces it, sending the scoring to workers and keeping the cache and the archive in the registry; it
-keeps the loop's order of operations, which is the contract a strategy relies on:
+`run_search` is the library's in-process function: the strategy, the feasibility check, the evaluation
+cache, the scoring and the aggregation all run in the calling process (tests and experiments use it).
+``nasfleet search`` and the federation round run searches as jobs of the service instead
+(`nasfleet.server.job_run`, `nasfleet.server.orchestrator`), which sends the scoring to Celery workers
+and keeps the cache and the archive in the registry. Both keep the loop's order of operations, the
+contract a strategy relies on, and share its steps (`check_asked`, `archive_fitness`):
 
 1. ``archs = strategy.ask(ask_size)``; each must be valid and feasible (the strategy repairs; a breach
    of that contract is a `SearchError`, never a silent skip);
@@ -40,7 +42,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -253,6 +255,48 @@ class SearchResult:
         return json.dumps(self.to_dict(), indent=indent)
 
 
+def archive_fitness(
+    archs: Sequence[str], values: Mapping[str, Sequence[float]], aggregate: str, labeled: bool
+) -> np.ndarray:
+    """The aggregate over a whole archive, one value per member in archive order (step 3 of the loop).
+
+    ``values`` maps each raw proxy to its values in archive order. The aggregate's ranks are relative to
+    the population, so it is recomputed over the whole archive after every step.
+    """
+    columns = {name: np.array(column, dtype=float) for name, column in values.items()}
+    table = ScoreTable(tuple(archs), columns, np.zeros(len(archs)))
+    return add_aggregates(table, [aggregate], labeled)[aggregate]
+
+
+def check_asked(
+    strategy: Strategy, asked: Sequence[Genome], feasible: Feasibility, ask_size: int, left: int
+) -> list[Genome]:
+    """The asked architectures in canonical form (step 1 of the loop), or a `SearchError` if the strategy
+    broke its contract: between 1 and ``min(ask_size, left)`` archs, each of ``feasible.space`` and feasible.
+    """
+    name, most = strategy.name, min(left, ask_size)
+    if not 0 < len(asked) <= most:
+        raise SearchError(
+            f"strategy {name!r}: ask({ask_size}) must return 1 to {most} "
+            f"architectures ({left} of the budget left), but returned {len(asked)}"
+        )
+    genomes = []
+    for arch in asked:
+        try:
+            genome = feasible.space.validate(arch)
+        except ArchitectureError as error:
+            raise SearchError(f"strategy {name!r} must propose architectures of the space: {error}") from None
+        if not feasible(genome):
+            cost = feasible.cost(genome)
+            raise SearchError(
+                f"strategy {name!r} must propose only feasible architectures, but proposed "
+                f"{feasible.space.encode(genome)} ({cost.params} params, {cost.flops} FLOPs) "
+                f"under {feasible.constraints}"
+            )
+        genomes.append(genome)
+    return genomes
+
+
 class _Archive:
     """Every architecture scored in this search, in order, with its raw values: the evaluation cache."""
 
@@ -280,12 +324,20 @@ class _Archive:
 
     def fitness(self, aggregate: str, labeled: bool) -> np.ndarray:
         """The aggregate over the whole archive, one value per member in archive order."""
-        columns = {name: np.array(values) for name, values in self.values.items()}
-        table = ScoreTable(tuple(self.archs), columns, np.array(self.seconds))
-        return add_aggregates(table, [aggregate], labeled)[aggregate]
+        return archive_fitness(self.archs, self.values, aggregate, labeled)
 
     def raw(self, position: int) -> dict[str, float]:
         return {name: values[position] for name, values in self.values.items()}
+
+
+@contextmanager
+def timed(seconds: MutableMapping[str, float], part: str) -> Iterator[None]:
+    """Add the seconds the ``with`` block takes to ``seconds[part]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[part] += time.perf_counter() - start
 
 
 @contextmanager
@@ -336,13 +388,8 @@ class _Search:
         self.seconds = {"scoring": 0.0, "strategy": 0.0, "aggregation": 0.0}
         self.evaluations = 0
 
-    @contextmanager
-    def timed(self, part: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[part] += time.perf_counter() - start
+    def timed(self, part: str) -> AbstractContextManager[None]:
+        return timed(self.seconds, part)
 
     def step(self) -> HistoryEntry:
         with self.timed("strategy"):
@@ -394,30 +441,8 @@ class _Search:
 
     def checked(self, asked: Sequence[Genome]) -> list[Genome]:
         """The asked architectures in canonical form; a `SearchError` if the strategy broke its contract."""
-        name, left = self.strategy.name, self.config.budget - self.evaluations
-        most = min(left, self.config.ask_size)
-        if not 0 < len(asked) <= most:
-            raise SearchError(
-                f"strategy {name!r}: ask({self.config.ask_size}) must return 1 to {most} "
-                f"architectures ({left} of the budget left), but returned {len(asked)}"
-            )
-        genomes = []
-        for arch in asked:
-            try:
-                genome = self.space.validate(arch)
-            except ArchitectureError as error:
-                raise SearchError(
-                    f"strategy {name!r} must propose architectures of the space: {error}"
-                ) from None
-            if not self.feasible(genome):
-                cost = self.feasible.cost(genome)
-                raise SearchError(
-                    f"strategy {name!r} must propose only feasible architectures, but proposed "
-                    f"{self.space.encode(genome)} ({cost.params} params, {cost.flops} FLOPs) "
-                    f"under {self.config.constraints}"
-                )
-            genomes.append(genome)
-        return genomes
+        left = self.config.budget - self.evaluations
+        return check_asked(self.strategy, asked, self.feasible, self.config.ask_size, left)
 
     def result(self, wall_seconds: float) -> SearchResult:
         fitness = self.archive.fitness(self.config.aggregate, self.config.labeled)

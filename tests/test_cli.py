@@ -95,6 +95,8 @@ def test_missing_archs_file_is_reported(tmp_path: Path) -> None:
         ("--dataset", "mnist", "dataset spec"),
         ("--strategy", "nope", "nope"),
         ("--space", "nope", "nope"),
+        ("--workers", "0", "must be at least 1 without --broker"),
+        ("--broker", "kafka://x", "broker must be a URL with a scheme of"),
     ],
 )
 def test_simulate_rejects_bad_options_before_starting_flower(option: str, value: str, message: str) -> None:

@@ -2,7 +2,8 @@
 server's checks of what devices send back. Nothing of Flower is mocked.
 
 * Two real simulation rounds (Ray-backed ``run_simulation``), each run once per module and shared by
-  several tests: a healthy round of three devices, and a round of five in which one device never
+  several tests, their searches run as jobs through the orchestrator and real Celery worker processes
+  (the embedded mode): a healthy round of three devices, and a round of five in which one device never
   answers in time, one answers with an ``Error``, one sends characteristics holding a NaN and two are
   healthy. The
   faults are injected by a Flower *mod* wrapped around the real `make_client_app` handlers.
@@ -17,6 +18,7 @@ Flower's state goes to a temporary ``FLWR_HOME``, with telemetry and update chec
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -31,6 +33,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 from flwr.app.metadata import Metadata
 from flwr.clientapp import ClientApp
 from flwr.simulation import run_simulation
+from rich.console import Console
 
 from nasfleet.clients.app import ERROR_BAD_MESSAGE, QUERY, TRAIN, make_client_app
 from nasfleet.clients.device import assign_tiers
@@ -45,6 +48,7 @@ from nasfleet.clients.messages import (
 )
 from nasfleet.clients.wire import MAX_JSON_CHARS, pack, unpack
 from nasfleet.server.app import RoundConfig, make_server_app, parse_query_reply
+from nasfleet.server.job_run import JobRun
 from nasfleet.server.registry import Registry
 from nasfleet.server.round import DeviceOutcome, RoundRecorder
 from nasfleet.server.simulation import flower_environment, simulate
@@ -193,6 +197,76 @@ def test_every_subnet_meets_its_devices_constraints(healthy: Round) -> None:
             assert profile.predict_latency_ms(cost.flops) <= limits.max_latency_ms
         [report] = healthy.rows("reports", job_id=job["id"])
         assert report["latency_ms_predicted"] == pytest.approx(profile.predict_latency_ms(result["flops"]))
+
+
+def test_the_searches_ran_as_jobs_scored_by_celery_workers(healthy: Round) -> None:
+    """Each device's job holds what a worker needs (characteristics, profile), and its evaluations name
+    the Celery pool process that scored them (``host:pid``) and sit in the shared evaluation cache."""
+    devices = {d["name"]: d for d in healthy.export["devices"]}
+    scorers: set[str] = set()
+    with Registry(healthy.config.registry) as registry:
+        for job in healthy.export["jobs"]:
+            assert job["options"]["profile"] == devices[job["device"]]["profile"], "the latency model travels"
+            assert job["options"]["characteristics"]["scalars"]["num_classes"] == DIGITS_CLASSES
+            assert (job["options"]["batch_size"], job["options"]["ask_size"]) == (TINY["probe_batch"], 8)
+            record = registry.get_job(job["id"])
+            assert record is not None and record.strategy_state is not None, (
+                "checkpointed by the orchestrator"
+            )
+            run = JobRun(record, registry)  # rebuilt from its stored state, as a resuming orchestrator does
+            evaluations = healthy.rows("evaluations", job_id=job["id"])
+            assert sorted(run.archive.archs) == sorted(e["arch"] for e in evaluations)
+            keys = [run.key(e["arch"]) for e in evaluations]
+            assert set(registry.cache_get(keys)) == set(keys)
+            for evaluation in evaluations:
+                if evaluation["worker"] != "cache":
+                    host, pid = evaluation["worker"].rsplit(":", 1)
+                    assert host and pid.isdigit(), evaluation["worker"]
+                    scorers.add(evaluation["worker"])
+    assert scorers, "scored by worker processes, not in process"
+
+
+def test_a_device_whose_limits_admit_nothing_fails_alone_and_the_shared_job_fits_the_rest(
+    tmp_path: Path,
+) -> None:
+    """The round's search step without Flower: two devices' jobs and the shared baseline, through one
+    embedded worker. The impossible device fails with the reason; the other gets a SubNet within its
+    latency limit (its profile's model); the shared job fits the devices whose search succeeded."""
+    # Prepare
+    config = RoundConfig(
+        registry=f"sqlite:///{tmp_path / 'registry.db'}", budget=4, ask_size=4, probe_batch=8,
+        workers=1, shared_baseline=True,
+    )  # fmt: skip
+    profile = DeviceProfile("micro", 1e5, 0.5, 1.0)
+    fits = ResourceConstraints(max_params=300_000, max_latency_ms=20.0)
+    tiny = ResourceConstraints(max_params=10)
+    outcomes = [
+        DeviceOutcome(node, identity=DeviceIdentity("acme", name), characteristics=characteristics(),
+                      constraints=limits, profile=profile)
+        for node, name, limits in ((1, "fits", fits), (2, "tiny", tiny))
+    ]  # fmt: skip
+    recorder = RoundRecorder(config.registry, console=Console(file=io.StringIO()))
+    for outcome in outcomes:
+        recorder.register(outcome, config)
+    # Execute
+    results, shared = recorder.search(outcomes, config)
+    # Assert
+    ok, failed = outcomes
+    assert (failed.status, failed.job_id not in results) == ("error", True)
+    assert failed.error.startswith("search failed: ") and "no architecture of nb201 meeting" in failed.error
+    assert ok.ok and ok.job_id in results and shared is not None and shared in results
+    space = get_space("nb201")
+    with Registry(config.registry) as registry:
+        for evaluation in registry.evaluations(ok.job_id):
+            cost = space.cost(space.decode(evaluation.arch), DIGITS_CLASSES, DIGITS_SHAPE)
+            assert cost.params <= 300_000 and profile.predict_latency_ms(cost.flops) <= 20.0
+        assert ok.predicted_latency_ms == pytest.approx(profile.predict_latency_ms(results[ok.job_id].flops))
+        job = registry.get_job(shared)
+        assert job is not None and job.device is None and "profile" not in job.options
+        assert ResourceConstraints.from_wire(job.constraints) == ResourceConstraints(
+            max_params=300_000, max_latency_ms=20.0
+        )
+        assert space.cost(space.decode(results[shared].arch), DIGITS_CLASSES, DIGITS_SHAPE).params <= 300_000
 
 
 # -- a round with failing devices ----------------------------------------------------------------------------

@@ -341,7 +341,7 @@ def test_search_command_writes_the_result(tmp_path: Path) -> None:
     config = json.dumps(EVOLUTION)
     code, output = _run(
         "search", "--strategy", "evolution", "--strategy-config", config, "--max-params", "1000000",
-        "--seed", "1", "--out", str(out), *TINY,
+        "--seed", "1", "--out", str(out), "--registry", f"sqlite:///{tmp_path / 'registry.db'}", *TINY,
     )  # fmt: skip
 
     assert code == 0, output
@@ -355,6 +355,7 @@ def test_search_command_writes_the_result(tmp_path: Path) -> None:
     assert data["best"]["params"] == space.cost(space.decode(data["best"]["arch"])).params <= 10**6
     assert data["command"].startswith("nasfleet search --strategy evolution")
     assert "strategy overhead" in output and "4 evaluations" in output
+    assert data["service"]["mode"] == "embedded" and data["service"]["tenant"] == "default"
 
 
 @pytest.mark.parametrize(
@@ -374,6 +375,9 @@ def test_search_command_writes_the_result(tmp_path: Path) -> None:
         (("--aggregate", "fg_fi"), "aggregate must be the name of one aggregate, but got 'fg_fi'"),
         (("--space", "nope"), "Invalid value for --space"),
         (("--max-params", "1"), "no architecture of nb201 meeting Constraints(max_params=1"),
+        (("--workers", "0"), "Invalid value for --workers: must be at least 1 without --broker"),
+        (("--tenant", "a/b"), "Invalid value for --tenant: tenant must be 1-64 characters"),
+        (("--broker", "kafka://x", "--workers", "0"), "broker must be a URL with a scheme of"),
     ],
 )
 def test_search_command_rejects_bad_options_and_writes_nothing(

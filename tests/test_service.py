@@ -7,9 +7,11 @@ the in-process reference run with exactly one evaluation per (job, arch).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +90,30 @@ def test_embedded_mode_runs_two_jobs_through_real_workers(tmp_path: Path) -> Non
         assert [len(_process_group(pid)) for pid in pids] == [2, 2]  # each worker and its pool process
         _run_and_check(service, tmp_path, TWO_JOBS)
     assert [_process_group(pid) for pid in pids] == [[], []]
+
+
+def test_processes_opening_new_embedded_brokers_at_once_do_not_race(tmp_path: Path) -> None:
+    """The workers of an embedded service start together on a new broker file: each creates kombu's
+    tables and the queue's row on first use, which must not fail any of them (it once did: "table
+    kombu_queue already exists", or the queue name's unique constraint, and the worker exited)."""
+    opener = python(
+        "import sys, time",
+        "from nasfleet.server.celery_app import CelerySettings, make_app",
+        f"directory, start = {str(tmp_path)!r}, float(sys.argv[1])",
+        "for trial in range(8):",
+        "    settings = CelerySettings(broker=f'sqlite:///{directory}/broker-{trial}.sqlite')",
+        "    app = make_app(settings)",
+        "    while time.time() < start + trial * 0.4:",
+        "        pass",
+        "    with app.connection_for_write() as connection:",  # kombu's tables, then the queue's row
+        "        connection.default_channel._get_or_create(settings.queue)",
+    )
+    start = str(time.time() + 10.0)  # every process has imported by then, even on a busy machine
+    logs = [tmp_path / f"opener-{index}.log" for index in range(4)]
+    with contextlib.ExitStack() as stack:
+        procs = [stack.enter_context(child_process([*opener, start], log)) for log in logs]
+        codes = [proc.wait(timeout=60) for proc in procs]
+    assert codes == [0] * 4, "\n".join(log.read_text() for log in logs)
 
 
 def test_embedded_mode_runs_three_tenants_with_three_jobs_each(tmp_path: Path) -> None:

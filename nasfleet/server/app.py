@@ -1,14 +1,16 @@
 """The Flower ``ServerApp``: one nasfleet round over every connected device (DESIGN steps 2-7).
 
 Query every node for its characteristics, constraints and profile; register each device under its
-tenant; run one personalized search per device (`personalize.personalized_search`, the in-process
-path); send each device its SubNet in a ``train`` message; collect the training reports; record
-everything in the registry. A node that does not answer in time or answers with an error is recorded
-with that status, and the round goes on for the others.
+tenant and submit its personalized search job; run all the round's jobs at once through the orchestrator
+and Celery workers (`RoundRecorder.search`: embedded by default, distributed when ``broker`` is set);
+send each device its SubNet in a ``train`` message; collect the training reports; record everything in
+the registry. A node that does not answer in time or answers with an error is recorded with that status,
+and the round goes on for the others; so does a device whose search fails.
 
 With ``shared-baseline`` the round also searches *one* architecture for the whole fleet: data-agnostic
-(the generic prior batch, no device's characteristics) and under the tightest of all devices' limits,
-so it fits every device; each device trains it too, which measures what personalization buys.
+(the generic prior batch, no device's characteristics) and under the tightest limits of all devices
+whose own search succeeded, so it fits every one of them; each device trains it too, which measures what
+personalization buys. It is one more job, run once the devices' jobs are done.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from nasfleet.clients.messages import (
     TrainingReport,
 )
 from nasfleet.clients.wire import pack, unpack
-from nasfleet.search import SearchResult
-from nasfleet.server.personalize import SearchPlan
+from nasfleet.server.job_run import JobOptions
+from nasfleet.server.registry import ResultRecord
 from nasfleet.server.round import DeviceOutcome, RoundRecorder
 
 ConfigValue = bool | float | int | str
@@ -41,7 +43,13 @@ ConfigValue = bool | float | int | str
 
 @dataclass(frozen=True)
 class RoundConfig:
-    """The server's settings for one round; read from the run config (kebab-case keys) or given."""
+    """The server's settings for one round; read from the run config (kebab-case keys) or given.
+
+    ``broker`` "" runs the searches embedded (an SQLite broker, no server); a ``redis://`` or ``amqp://``
+    URL runs them distributed, on ``nasfleet worker`` processes started elsewhere for that broker and
+    ``registry`` (then a ``postgresql+psycopg://`` URL). ``workers`` is how many worker processes the round
+    starts on the server itself: at least 1 embedded, 0 or more distributed.
+    """
 
     num_clients: int = 4
     space: str = "nb201"
@@ -59,6 +67,8 @@ class RoundConfig:
     query_timeout: float = 120.0
     train_timeout: float = 600.0
     shared_baseline: bool = False
+    broker: str = ""
+    workers: int = 2
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, ConfigValue]) -> RoundConfig:
@@ -67,8 +77,9 @@ class RoundConfig:
         return cls(**{k: v for k, v in values.items() if k in known})  # type: ignore[arg-type]
 
     @property
-    def plan(self) -> SearchPlan:
-        return SearchPlan(self.space, self.strategy, self.budget, self.ask_size, self.probe_batch, self.seed)
+    def job_options(self) -> JobOptions:
+        """Every device's search: ``probe_batch`` synthetic samples, scored with ``seed``."""
+        return JobOptions(ask_size=self.ask_size, batch_size=self.probe_batch, scoring_seed=self.seed)
 
     @property
     def train(self) -> TrainConfig:
@@ -122,7 +133,7 @@ def assignment(outcome: DeviceOutcome, job_id: str, arch: str, config: RoundConf
 def train_round(
     grid: Grid,
     outcomes: list[DeviceOutcome],
-    results: Mapping[str, SearchResult],
+    results: Mapping[str, ResultRecord],
     config: RoundConfig,
     shared_job: str | None,
 ) -> None:
@@ -130,7 +141,7 @@ def train_round(
     for shared in (False, True) if shared_job else (False,):
         jobs = {o.node: shared_job if shared else o.job_id for o in outcomes if o.ok}
         contents = {
-            o.node: pack(RecordDict(), "subnet", assignment(o, job, results[job].best_arch, config))
+            o.node: pack(RecordDict(), "subnet", assignment(o, job, results[job].arch, config))
             for o in outcomes
             if (job := jobs.get(o.node)) is not None and job in results
         }
@@ -163,15 +174,10 @@ def run_round(grid: Grid, config: RoundConfig, recorder: RoundRecorder) -> list[
     nodes = wait_for_nodes(grid, config.num_clients, config.node_wait)
     replies = exchange(grid, {node: RecordDict() for node in nodes}, QUERY, config.query_timeout)
     outcomes = [parse_query_reply(node, replies.get(node)) for node in nodes]
-    results: dict[str, SearchResult] = {}
-    for outcome in recorder.progress(outcomes, "personalized searches"):
+    for outcome in outcomes:
         recorder.register(outcome, config)
-        if outcome.ok and (result := recorder.search(outcome, config)) is not None:
-            results[outcome.job_id] = result
-    shared = recorder.search_shared(outcomes, config) if config.shared_baseline else None
-    if shared is not None:
-        results[shared[0]] = shared[1]
-    train_round(grid, outcomes, results, config, shared[0] if shared else None)
+    results, shared = recorder.search(outcomes, config)
+    train_round(grid, outcomes, results, config, shared if shared in results else None)
     recorder.finish(outcomes, results)
     return outcomes
 

@@ -20,6 +20,7 @@ Delivery is at least once (``acks_late``, ``task_reject_on_worker_lost``): the t
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 from collections.abc import Mapping
@@ -31,6 +32,8 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 
 from nasfleet.server.registry import DEFAULT_URL as DEFAULT_REGISTRY_URL
 
@@ -58,7 +61,33 @@ class SettingsError(ValueError):
 
 
 class _SQLiteChannel(kombu_sqlalchemy.Channel):
-    """kombu's SQLAlchemy channel, with WAL and a busy timeout on the SQLite file it polls."""
+    """kombu's SQLAlchemy channel, with WAL and a busy timeout on the SQLite file it polls.
+
+    kombu creates its tables on a file's first use, and a queue's row on the queue's first use, by
+    checking, then creating: processes that start at once on a new broker file (the workers of an
+    embedded service) race, and the loser fails ("table kombu_queue already exists", or a unique
+    constraint on the queue's name) and its worker exits. The first use of a file is therefore serialized
+    by a lock file beside it, and a queue row another process created meanwhile is read back.
+    """
+
+    def _get_or_create(self, queue: str) -> Any:
+        try:
+            return super()._get_or_create(queue)  # type: ignore[no-untyped-call]
+        except IntegrityError:  # created by another process between kombu's check and its insert
+            self.session.rollback()
+            return super()._get_or_create(queue)  # type: ignore[no-untyped-call]
+
+    def _open(self) -> Any:
+        url = self.connection.client.hostname
+        database = make_url(url).database
+        if url in self._engines or not database or database == ":memory:":
+            return super()._open()  # type: ignore[no-untyped-call]
+        with open(f"{database}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return super()._open()  # type: ignore[no-untyped-call]
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _engine_from_config(self) -> Any:
         options = self.connection.client.transport_options

@@ -24,8 +24,16 @@ import numpy as np
 
 from nasfleet.clients.device import latency_model
 from nasfleet.clients.messages import DataCharacteristics, DeviceProfile, ResourceConstraints
-from nasfleet.proxies.engine import ScoreTable, add_aggregates
-from nasfleet.search import ArchiveEntry, HistoryEntry, SearchConfig, SearchError
+from nasfleet.search import (
+    ArchiveEntry,
+    HistoryEntry,
+    SearchConfig,
+    SearchError,
+    SearchResult,
+    archive_fitness,
+    check_asked,
+    timed,
+)
 from nasfleet.server.personalize import search_constraints
 from nasfleet.server.registry import (
     CacheEntry,
@@ -36,7 +44,7 @@ from nasfleet.server.registry import (
     ResultRecord,
 )
 from nasfleet.server.tasks import ScoringSpec, decode_characteristics, encode_characteristics, make_space
-from nasfleet.spaces import ArchitectureError, Genome
+from nasfleet.spaces import Genome
 from nasfleet.strategies.base import Feasibility
 from nasfleet.strategies.discovery import get_strategy
 
@@ -48,9 +56,11 @@ CACHE_WORKER = "cache"
 class JobOptions:
     """A job's search settings beyond the registry's columns, stored in its ``options``.
 
-    ``batch_size`` and ``scoring_seed`` fix the synthetic probe batch and the network initialisation; they
-    are part of the cache key, so jobs that share them (and the characteristics) share evaluations,
-    whatever their strategies and seeds.
+    ``batch_size`` and ``scoring_seed`` fix the probe batch and the network initialisation; ``probe_data``
+    is "" for the synthetic batch rebuilt from the job's characteristics, or a dataset spec (``cifar10``,
+    ``digits``, ``synthetic:N``...) whose train split gives a seeded real-data probe batch, as ``nasfleet
+    search --data`` scores. All three are part of the cache key (`ScoringSpec`), so jobs that share them
+    (and the characteristics) share evaluations, whatever their strategies and seeds.
     """
 
     ask_size: int = 8
@@ -58,6 +68,7 @@ class JobOptions:
     batch_size: int = 16
     scoring_seed: int = 0
     space_options: Mapping[str, Any] = field(default_factory=dict)
+    probe_data: str = ""
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> JobOptions:
@@ -68,6 +79,7 @@ class JobOptions:
             int(options.get("batch_size", options.get("probe_batch", defaults.batch_size))),
             int(options.get("scoring_seed", defaults.scoring_seed)),
             dict(options.get("space_options") or {}),
+            str(options.get("probe_data") or ""),
         )
 
 
@@ -130,9 +142,8 @@ class Archive:
 
     def fitness(self, aggregate: str, labeled: bool) -> np.ndarray:
         """The aggregate over the whole archive, one value per member in archive order."""
-        columns = {name: np.array([e.values[name] for e in self.entries]) for name in self.proxy_names}
-        table = ScoreTable(tuple(self.archs), columns, np.zeros(len(self.archs)))
-        return add_aggregates(table, [aggregate], labeled)[aggregate]
+        values = {name: [e.values[name] for e in self.entries] for name in self.proxy_names}
+        return archive_fitness(self.archs, values, aggregate, labeled)
 
 
 class JobRun:
@@ -148,10 +159,11 @@ class JobRun:
                               f"but the job names {record.characteristics_hash}")  # fmt: skip
         self.space = make_space(record.space, self.options.space_options)
         self.feasible = self._feasibility()
+        scoring_seed = None if self.options.scoring_seed == record.seed else self.options.scoring_seed
         self.config = SearchConfig(
             record.space, record.strategy, record.budget, record.seed, self.options.ask_size,
             record.strategy_config, self.characteristics.labeled, self.options.aggregate,
-            self.feasible.constraints,
+            self.feasible.constraints, scoring_seed,
         )  # fmt: skip
         self.strategy = get_strategy(
             record.strategy,
@@ -162,12 +174,14 @@ class JobRun:
             self.feasible,
         )
         self.scoring = ScoringSpec(record.space, self.config.proxy_names, self.options.batch_size,
-                                   self.options.scoring_seed, dict(self.options.space_options))  # fmt: skip
+                                   self.options.scoring_seed, dict(self.options.space_options),
+                                   self.options.probe_data)  # fmt: skip
         self.proxy_config_hash = self.scoring.digest()
         self.archive = Archive(self.config.proxy_names)
         self.history: list[HistoryEntry] = []
         self.told = 0
         self.step: Step | None = None
+        self.seconds = {"strategy": 0.0, "aggregation": 0.0}  # this process's share, for `search_result`
         if record.strategy_state is not None:
             self._resume(record.strategy_state)
 
@@ -217,37 +231,14 @@ class JobRun:
     # -- one step --------------------------------------------------------------------------------------------
     def begin_step(self) -> Step:
         """Ask the strategy; the step's new archs (in ask order, once each) still need raw values."""
-        genomes = self._checked(self.strategy.ask(self.config.ask_size))
+        with timed(self.seconds, "strategy"):
+            asked = self.strategy.ask(self.config.ask_size)
+            left = self.config.budget - self.told
+            genomes = check_asked(self.strategy, asked, self.feasible, self.config.ask_size, left)
         archs = [self.space.encode(genome) for genome in genomes]
         new = dict.fromkeys(arch for arch in archs if arch not in self.archive)
         self.step = Step(genomes, archs, {arch: self.key(arch) for arch in new})
         return self.step
-
-    def _checked(self, asked: Sequence[Genome]) -> list[Genome]:
-        name, left = self.strategy.name, self.config.budget - self.told
-        most = min(left, self.config.ask_size)
-        if not 0 < len(asked) <= most:
-            raise SearchError(
-                f"strategy {name!r}: ask({self.config.ask_size}) must return 1 to {most} "
-                f"architectures ({left} of the budget left), but returned {len(asked)}"
-            )
-        genomes = []
-        for arch in asked:
-            try:
-                genome = self.space.validate(arch)
-            except ArchitectureError as error:
-                raise SearchError(
-                    f"strategy {name!r} must propose architectures of the space: {error}"
-                ) from None
-            if not self.feasible(genome):
-                cost = self.feasible.cost(genome)
-                raise SearchError(
-                    f"strategy {name!r} must propose only feasible architectures, but proposed "
-                    f"{self.space.encode(genome)} ({cost.params} params, {cost.flops} FLOPs) "
-                    f"under {self.config.constraints}"
-                )
-            genomes.append(genome)
-        return genomes
 
     def finish_step(self) -> HistoryEntry:
         """Aggregate over the archive, tell, refresh and checkpoint; the step must have every value."""
@@ -257,9 +248,12 @@ class JobRun:
         for arch in step.keys:
             self.archive.add(arch, self.space.decode(arch), step.entries[arch], len(self.history) + 1)
             added.append(step.entries[arch])
-        fitness = self.archive.fitness(self.config.aggregate, self.config.labeled)
-        self.strategy.tell(step.genomes, [float(fitness[self.archive.index[arch]]) for arch in step.archs])
-        self.strategy.refresh(dict(zip(self.archive.genomes, fitness.tolist(), strict=True)))
+        with timed(self.seconds, "aggregation"):
+            fitness = self.archive.fitness(self.config.aggregate, self.config.labeled)
+        with timed(self.seconds, "strategy"):
+            told = [float(fitness[self.archive.index[arch]]) for arch in step.archs]
+            self.strategy.tell(step.genomes, told)
+            self.strategy.refresh(dict(zip(self.archive.genomes, fitness.tolist(), strict=True)))
         self.told += len(step.genomes)
         best = int(np.argmax(fitness))  # the first of equal scores: the earliest evaluated
         entry = HistoryEntry(len(self.history) + 1, self.told, self.archive.archs[best], float(fitness[best]))
@@ -306,3 +300,24 @@ class JobRun:
         result = self.result()
         self.registry.set_result(result)
         return result
+
+    def search_result(self, wall_seconds: float, scoring_seconds: float) -> SearchResult:
+        """The finished job as `nasfleet.search.run_search` reports a search (``nasfleet search``'s JSON).
+
+        The caller measures the two times: *wall_seconds* of the orchestration, and *scoring_seconds*,
+        the part of it spent waiting for the workers (scoring, broker and polling latency), so that the
+        overhead is the orchestrator's own time. Strategy and aggregation seconds are this object's (the
+        steps taken in this process). Evaluations answered from the cache (scored for another job) count
+        as cached; their original seconds are not in the cache, so ``cached_scoring_seconds`` is 0.
+        """
+        result, chars = self.result(), self.characteristics
+        evaluations = self.registry.evaluations(self.id)
+        cached = sum(1 for e in evaluations if e.worker == CACHE_WORKER)
+        probe = {"batch_size": self.options.batch_size, "input_shape": list(chars.input_shape),
+                 "num_classes": chars.num_classes, "labeled": chars.labeled}  # fmt: skip
+        return SearchResult(
+            self.config, result.arch, result.score, dict(result.values), result.params, result.flops,
+            self.told, len(self.archive.archs), len(self.history), wall_seconds, scoring_seconds,
+            self.seconds["strategy"], self.seconds["aggregation"], tuple(self.history),
+            tuple(self.archive_entries()), self.strategy.state_dict(), probe, cached, 0.0,
+        )  # fmt: skip

@@ -1,16 +1,26 @@
-"""What one federation round learns about each device, and how it is recorded and shown.
+"""What one federation round learns about each device, how its searches run, and how it is recorded.
 
-`DeviceOutcome` follows one device through the round. `RoundRecorder` is the round's side effects:
-the registry writes (tenant, device, job, evaluations, result, training reports), the progress display
-and the per-device summary table.
+`DeviceOutcome` follows one device through the round. `RoundRecorder` is the round's side effects: the
+registry writes (tenant, device, training reports), the search jobs, the progress display and the
+per-device summary table.
+
+The searches go through the service (`nasfleet.server.service`), as every search job does: each ok
+device's job is submitted to the registry with its characteristics, constraints and calibrated profile
+(whose latency model the job applies to its latency limit), then all the round's jobs run at once
+through the orchestrator and Celery workers, embedded (an SQLite broker in a temporary directory and
+``RoundConfig.workers`` local worker processes) or distributed (``RoundConfig.broker``, served by
+``nasfleet worker`` processes elsewhere and by ``workers`` local ones). Each job's result is then read
+from the registry; a job that failed (e.g. constraints no architecture meets) fails only its device.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -24,11 +34,10 @@ from nasfleet.clients.messages import (
     TrainingReport,
 )
 from nasfleet.proxies.engine import progress_bar
-from nasfleet.search import SearchError, SearchResult
-from nasfleet.server.personalize import personalized_search
-from nasfleet.server.registry import EvaluationRecord, Registry, ReportRecord, ResultRecord
-from nasfleet.spaces import get_space
-from nasfleet.strategies.base import InfeasibleSearchError, StrategyError
+from nasfleet.server.celery_app import SettingsError
+from nasfleet.server.job_run import JobRun, submit_job
+from nasfleet.server.registry import Registry, RegistryError, ReportRecord, ResultRecord
+from nasfleet.server.service import make_service, run_jobs_at_once
 
 if TYPE_CHECKING:
     from nasfleet.server.app import RoundConfig
@@ -70,12 +79,6 @@ class RoundRecorder:
         self.console = console or Console(width=None if sys.stdout.isatty() else 220)
         self.outcomes: list[DeviceOutcome] = []
 
-    def progress(self, outcomes: Sequence[DeviceOutcome], label: str) -> Iterator[DeviceOutcome]:
-        with progress_bar(len(outcomes), label, enabled=True) as advance:
-            for outcome in outcomes:
-                yield outcome
-                advance()
-
     def register(self, outcome: DeviceOutcome, config: RoundConfig) -> None:
         """Tenant, device and (for an ok device) its search job; the job id goes onto the outcome."""
         identity = outcome.identity or DeviceIdentity("unknown", outcome.name)
@@ -92,49 +95,40 @@ class RoundRecorder:
             error=outcome.error or None,
         )
         if outcome.ok and chars is not None:
-            outcome.job_id = self._create_job(identity, chars, outcome.constraints, config)
+            outcome.job_id = self._submit(
+                identity.tenant, chars, outcome.constraints, outcome.profile, config, identity.device
+            )
 
-    def _create_job(
+    def _submit(
         self,
-        identity: DeviceIdentity,
+        tenant: str,
         chars: DataCharacteristics,
         limits: ResourceConstraints | None,
+        profile: DeviceProfile | None,
         config: RoundConfig,
-        device: bool = True,
+        device: str | None,
     ) -> str:
-        job = self.registry.create_job(
-            identity.tenant,
+        """A queued job holding all a worker and the orchestrator need (the profile: the latency model)."""
+        job = submit_job(
+            self.registry,
+            tenant,
+            chars,
             space=config.space,
             strategy=config.strategy,
-            characteristics_hash=chars.digest(),
             budget=config.budget,
             seed=config.seed,
-            constraints=_wire(limits),
-            options={
-                "ask_size": config.ask_size,
-                "probe_batch": config.probe_batch,
-                "labeled": chars.labeled,
-            },
-            device=identity.device if device else None,
+            constraints=limits,
+            profile=profile,
+            options=config.job_options,
+            device=device,
         )
         return job.id
 
-    def search(self, outcome: DeviceOutcome, config: RoundConfig) -> SearchResult | None:
-        """The device's personalized search, recorded; a search that cannot run fails the device."""
-        assert outcome.characteristics is not None and outcome.constraints is not None
-        result = self._run(
-            outcome.job_id, config, outcome.characteristics, outcome.constraints, outcome.profile
-        )
-        if result is None:
-            outcome.fail("error", f"search failed: {self.registry.get_job(outcome.job_id).error}")  # type: ignore[union-attr]
-        elif outcome.profile is not None:
-            outcome.predicted_latency_ms = outcome.profile.predict_latency_ms(result.best_flops)
-        return result
+    def submit_shared(self, outcomes: Sequence[DeviceOutcome], config: RoundConfig) -> str | None:
+        """The one-size-fits-all baseline job: data-agnostic, under the tightest limits of all ok devices.
 
-    def search_shared(
-        self, outcomes: Sequence[DeviceOutcome], config: RoundConfig
-    ) -> tuple[str, SearchResult] | None:
-        """The one-size-fits-all baseline job: data-agnostic, under the tightest limits of all ok devices."""
+        No device's profile: its latency limit cannot be predicted for the whole fleet, so it is left out.
+        """
         ok = [o for o in outcomes if o.ok and o.characteristics is not None and o.identity is not None]
         if not ok:
             return None
@@ -145,28 +139,80 @@ class RoundRecorder:
         first = ok[0].characteristics
         assert first is not None and ok[0].identity is not None
         generic = replace(first, class_means=None, class_bases=None, epsilon=None, delta=None)
-        job_id = self._create_job(ok[0].identity, generic, tightest, config, device=False)
-        result = self._run(job_id, config, generic, tightest, None)
-        return None if result is None else (job_id, result)
+        return self._submit(ok[0].identity.tenant, generic, tightest, None, config, None)
 
-    def _run(
-        self,
-        job_id: str,
-        config: RoundConfig,
-        chars: DataCharacteristics,
-        limits: ResourceConstraints,
-        profile: DeviceProfile | None,
-    ) -> SearchResult | None:
-        self.registry.update_job(job_id, status="running")
-        try:
-            result = personalized_search(config.plan, chars, limits, profile)
-        except (InfeasibleSearchError, SearchError, StrategyError) as error:
-            self.registry.update_job(job_id, status="failed", error=str(error))
-            return None
-        record_search(self.registry, job_id, result)
-        return result
+    def search(
+        self, outcomes: Sequence[DeviceOutcome], config: RoundConfig
+    ) -> tuple[dict[str, ResultRecord], str | None]:
+        """Run the devices' jobs at once through the service, then (with ``shared_baseline``) the shared
+        job under the tightest limits of the devices whose search succeeded; the results by job id, read
+        from the registry, and the shared job's id. A device whose job failed fails with the reason; an
+        ok device gets its predicted latency. If the service itself cannot run (a worker that does not
+        start, a bad broker or registry), every job fails with why.
+        """
+        devices = [o.job_id for o in outcomes if o.ok and o.job_id]
+        submitted, shared = list(devices), None
+        if devices:
+            try:
+                with self._service(config, len(devices) + int(config.shared_baseline)) as run:
+                    run(devices)
+                    self._settle(outcomes)
+                    if config.shared_baseline and (shared := self.submit_shared(outcomes, config)):
+                        submitted.append(shared)
+                        run([shared])
+            except (RuntimeError, SettingsError, RegistryError) as error:
+                for job_id in submitted:
+                    record = self.registry.get_job(job_id)
+                    if record is not None and not record.finished:
+                        self.registry.update_job(
+                            job_id, status="failed", error=f"the service failed: {error}"
+                        )
+        results = {job_id: result for job_id in submitted if (result := self._result(job_id)) is not None}
+        self._settle(outcomes)
+        if shared and shared not in results:
+            self.console.print(f"[red]shared baseline: search failed[/]: {self._failure(shared)}")
+        return results, shared
 
-    def finish(self, outcomes: Sequence[DeviceOutcome], results: Mapping[str, SearchResult]) -> None:
+    @contextmanager
+    def _service(self, config: RoundConfig, jobs: int) -> Iterator[Callable[[Sequence[str]], object]]:
+        """The round's service, started: yields ``run(job_ids)``, with a progress bar of evaluations."""
+        told: dict[str, int] = {}
+        with (
+            progress_bar(config.budget * jobs, "personalized searches", enabled=True) as advance,
+            tempfile.TemporaryDirectory(prefix="nasfleet-round-") as state,
+            make_service(
+                state, broker=config.broker, registry=config.registry, workers=config.workers
+            ) as service,
+        ):
+
+            def on_step(job: JobRun) -> None:
+                for _ in range(job.told - told.get(job.id, 0)):
+                    advance()
+                told[job.id] = job.told
+
+            yield lambda job_ids: run_jobs_at_once(service, job_ids, on_step)
+
+    def _settle(self, outcomes: Sequence[DeviceOutcome]) -> None:
+        """Fail every ok device whose job did not finish with a result; predict the others' latency."""
+        for outcome in outcomes:
+            if outcome.ok and outcome.job_id:
+                result = self._result(outcome.job_id)
+                if result is None:
+                    outcome.fail("error", f"search failed: {self._failure(outcome.job_id)}")
+                elif outcome.profile is not None:
+                    outcome.predicted_latency_ms = outcome.profile.predict_latency_ms(result.flops)
+
+    def _result(self, job_id: str) -> ResultRecord | None:
+        record = self.registry.get_job(job_id)
+        return self.registry.get_result(job_id) if record is not None and record.status == "done" else None
+
+    def _failure(self, job_id: str) -> str:
+        record = self.registry.get_job(job_id)
+        if record is None:
+            return "the job is gone from the registry"
+        return record.error or f"the job ended {record.status}"
+
+    def finish(self, outcomes: Sequence[DeviceOutcome], results: Mapping[str, ResultRecord]) -> None:
         """Record the reports and final statuses, keep the outcomes, print the summary table."""
         self.outcomes = list(outcomes)
         for outcome in outcomes:
@@ -188,34 +234,6 @@ class RoundRecorder:
                 self.console.print(
                     f"[red]{outcome.name}: {outcome.status}[/]: {outcome.error}", highlight=False
                 )
-
-
-def record_search(registry: Registry, job_id: str, result: SearchResult) -> None:
-    """Store a finished search: every evaluation, then the result (which marks the job done)."""
-    costs = {entry.arch: entry for entry in result.archive}
-    space = get_space(result.config.space)
-    evaluations = []
-    for entry in costs.values():
-        cost = space.cost(
-            space.decode(entry.arch), result.probe["num_classes"], tuple(result.probe["input_shape"])
-        )
-        evaluations.append(
-            EvaluationRecord(entry.arch, entry.values, cost.params, cost.flops, entry.seconds, "in-process")
-        )
-    registry.add_evaluations(job_id, evaluations)
-    history = tuple(asdict(h) for h in result.history)
-    registry.update_job(job_id, state=result.strategy_state, evaluations_done=result.evaluations)
-    registry.set_result(
-        ResultRecord(
-            job_id,
-            result.best_arch,
-            result.best_score,
-            result.best_values,
-            result.best_params,
-            result.best_flops,
-            history,
-        )
-    )
 
 
 def report_record(report: TrainingReport, device: str | None, predicted_ms: float | None) -> ReportRecord:
@@ -242,7 +260,7 @@ def _wire(message: Any) -> dict[str, Any]:
     return {} if message is None else json.loads(json.dumps(message.to_wire()[0]))
 
 
-def summary_table(outcomes: Sequence[DeviceOutcome], results: Mapping[str, SearchResult]) -> Table:
+def summary_table(outcomes: Sequence[DeviceOutcome], results: Mapping[str, ResultRecord]) -> Table:
     """Per device: tier, limits, SubNet, cost, predicted vs measured latency, local accuracy."""
     table = Table(title="nasfleet round: one personalized SubNet per device")
     columns = (
@@ -272,9 +290,9 @@ def summary_table(outcomes: Sequence[DeviceOutcome], results: Mapping[str, Searc
             o.profile.tier if o.profile else "-",
             o.status if o.ok else f"{o.status}: {o.error}",
             limits,
-            result.best_arch if result else "-",
-            _num(result.best_params if result else None),
-            _num(result.best_flops if result else None, 1e6),
+            result.arch if result else "-",
+            _num(result.params if result else None),
+            _num(result.flops if result else None, 1e6),
             f"{_num(o.predicted_latency_ms)} / {_num(meas)}",
             _num(o.report.accuracy if o.report else None),
             _num(o.shared_report.accuracy if o.shared_report else None),

@@ -4,7 +4,9 @@ Embedded (the default, no servers): the broker is an SQLite file in a state dire
 starts ``celery -A nasfleet.server.celery_app worker`` processes itself and stops them (by process
 group) when done, also on error. Distributed: the broker is ``redis://`` or ``amqp://``, the registry
 ``postgresql+psycopg://``, and workers are ``nasfleet worker`` processes started on any machines;
-``local_workers`` may still add some here. `Service` puts the pieces together.
+``local_workers`` may still add some here. `Service` puts the pieces together; `make_service` builds the
+one or the other from a broker URL ("" for embedded), and `run_jobs_at_once` runs a set of submitted jobs
+to the end: how ``nasfleet search``, ``nasfleet simulate`` and the Flower round run their searches.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,8 +24,10 @@ from typing import Any
 
 from celery import Celery
 
-from nasfleet.server.celery_app import CelerySettings, make_app, sqlite_broker_url
+from nasfleet.server.celery_app import CelerySettings, SettingsError, make_app, sqlite_broker_url
+from nasfleet.server.job_run import JobRun
 from nasfleet.server.orchestrator import FairShare, Orchestrator
+from nasfleet.server.registry import DEFAULT_URL as DEFAULT_REGISTRY_URL
 from nasfleet.server.registry import Registry, ResultRecord
 from nasfleet.server.tasks import TASK_NAME
 
@@ -138,8 +142,17 @@ class LocalWorkers:
             if dead or time.monotonic() > deadline:
                 self.stop()
                 why = f"exited with {dead[0].returncode}" if dead else f"not ready in {STARTUP_TIMEOUT_S} s"
-                raise RuntimeError(f"a local Celery worker {why}; see the logs in {self.log_dir}")
+                raise RuntimeError(
+                    f"a local Celery worker {why}; see the logs in {self.log_dir}{self._tail()}"
+                )
             time.sleep(0.05)
+
+    def _tail(self, lines: int = 15) -> str:
+        """The last lines of the first worker's log (its directory may be a temporary one), or ""."""
+        log = None if self.log_dir is None else self.log_dir / "worker-0.log"
+        if log is None or not log.is_file():
+            return ""
+        return ":\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Warm shutdown, then SIGKILL of each worker's process group (its pool children too)."""
@@ -225,16 +238,48 @@ class Service:
         return self.orchestrator(job_ids, **overrides).run()
 
 
+def make_service(
+    state_dir: str | Path, *, broker: str = "", registry: str | None = None, workers: int = 1, **options: Any
+) -> Service:
+    """An embedded (no *broker*) or distributed service, not started yet: enter it to start its workers.
+
+    Embedded: the SQLite broker in *state_dir*, the *registry* URL (default: an SQLite file in
+    *state_dir*) and *workers* (at least 1) local worker processes. Distributed: the *broker* and
+    *registry* URLs, served by ``nasfleet worker`` processes started elsewhere and by *workers* (0 or
+    more) local ones. Local workers log to *state_dir*; *options* are further `ServiceOptions`.
+
+    Each local worker is its own process (with one pool process) in its own session: on Linux with
+    autogroup scheduling a session is one scheduling group, so N workers in N sessions get N shares of a
+    busy machine, where N pool processes of one worker would share one.
+    """
+    if not broker and not (isinstance(workers, int) and workers >= 1):
+        raise SettingsError(
+            f"workers must be an integer >= 1 without a broker (embedded), but got {workers!r}"
+        )
+    if broker:
+        settings = CelerySettings(broker=broker, registry=registry or DEFAULT_REGISTRY_URL)
+    else:
+        settings = embedded_settings(state_dir, registry)
+    options.setdefault("concurrency", 1)
+    return Service(settings, state_dir, ServiceOptions(local_workers=workers, **options))
+
+
 @contextmanager
 def embedded(state_dir: str | Path, *, workers: int = 1, registry: str | None = None,
              **options: Any) -> Iterator[Service]:  # fmt: skip
-    """The embedded service: SQLite broker (and registry) in *state_dir*, *workers* local worker processes.
-
-    Each worker is its own process (with one pool process) in its own session: on Linux with autogroup
-    scheduling a session is one scheduling group, so N workers in N sessions get N shares of a busy
-    machine, where N pool processes of one worker would share one.
-    """
-    settings = embedded_settings(state_dir, registry)
-    options.setdefault("concurrency", 1)
-    with Service(settings, state_dir, ServiceOptions(local_workers=workers, **options)) as service:
+    """The embedded service, started: SQLite broker (and registry) in *state_dir*, *workers* local worker
+    processes (see `make_service`)."""
+    with make_service(state_dir, workers=workers, registry=registry, **options) as service:
         yield service
+
+
+def run_jobs_at_once(
+    service: Service, job_ids: Sequence[str], on_step: Callable[[JobRun], None] | None = None
+) -> Orchestrator:
+    """Run *job_ids* (and no other job of the registry) to the end, all admitted at once; the orchestrator
+    that ran them (its ``results``, ``failed`` and ``stats``). The jobs' results are in the registry."""
+    fair = service.options.fair
+    fair = replace(fair, max_jobs_per_tenant=max(fair.max_jobs_per_tenant, len(job_ids)))
+    orchestrator = service.orchestrator(job_ids, fair=fair, on_step=on_step)
+    orchestrator.run()
+    return orchestrator

@@ -6,10 +6,12 @@ themselves (sketches are arrays) travel once, in the job's ``options`` (`encode_
 loads them from the registry by job id, checks them against the hash, and keeps them per process.
 
 For each arch not yet in the evaluation cache, the task builds the network, runs one probe on the
-device's synthetic batch, and stores the evaluation of the job and then the cache entry, each write
-idempotent; the orchestrator reads the cache entry, so an arch is complete once its entry exists. A
-redelivered task (a worker died, at-least-once delivery) finds the arch cached and skips it: the registry
-ends with exactly one evaluation per (job, arch).
+job's probe batch (the device's synthetic batch rebuilt from its characteristics, or, for a job that
+names probe data, a seeded mini-batch of that dataset's train split: ``nasfleet search --data``), and
+stores the evaluation of the job and then the cache entry, each write idempotent; the orchestrator
+reads the cache entry, so an arch is complete once its entry exists. A redelivered task (a worker died,
+at-least-once delivery) finds the arch cached and skips it: the registry ends with exactly one
+evaluation per (job, arch).
 
 Failures: a malformed payload is a `PayloadError`, never retried; a proxy that cannot score an arch
 (`ProxyError`) is final too, and marks the job failed with the reason; anything else (the registry or the
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 from celery import Task, shared_task
 
+from nasfleet.clients.data import load_dataset
 from nasfleet.clients.messages import DataCharacteristics, MessageError
 from nasfleet.proxies.base import ProxyError
 from nasfleet.proxies.engine import expand_names, score_archs
@@ -45,6 +48,7 @@ TASK_NAME = "nasfleet.score_batch"
 PAYLOAD_VERSION = 1
 MAX_ARCHS_PER_TASK = 256
 MAX_RETRIES = 3
+MAX_DATA_SPEC = 1000
 _ID_CHARS = frozenset("0123456789abcdef")
 _CACHED_ITEMS = 16
 log = logging.getLogger(__name__)
@@ -75,7 +79,10 @@ class ScoringSpec:
     """Everything beside arch and characteristics that raw proxy values depend on.
 
     Its `digest` is the cache key's proxy-configuration hash: two jobs whose specs are equal (and whose
-    characteristics are equal) share evaluations, whatever their strategies and seeds.
+    characteristics are equal) share evaluations, whatever their strategies and seeds. ``data`` is the
+    probe data: "" for the synthetic batch rebuilt from the characteristics, else a dataset spec
+    (`nasfleet.clients.load_dataset`) whose train split gives the probe batch; it is part of the digest
+    only when set, so the digests of synthetic-probe jobs are those of earlier versions.
     """
 
     space: str
@@ -83,10 +90,12 @@ class ScoringSpec:
     batch_size: int
     seed: int
     space_options: Mapping[str, Any] = field(default_factory=dict)
+    data: str = ""
 
     def to_wire(self) -> dict[str, Any]:
-        return {"space": self.space, "proxies": list(self.proxies), "batch_size": self.batch_size,
+        wire = {"space": self.space, "proxies": list(self.proxies), "batch_size": self.batch_size,
                 "seed": self.seed, "space_options": dict(self.space_options)}  # fmt: skip
+        return {**wire, "data": self.data} if self.data else wire
 
     @classmethod
     def from_wire(cls, data: object) -> ScoringSpec:
@@ -112,7 +121,10 @@ class ScoringSpec:
             make_space(str(space), options)
         except (TypeError, ValueError) as error:
             raise PayloadError(f"scoring.space_options: {error}") from None
-        return cls(str(space), tuple(proxies), int(batch_size), int(seed), dict(options))  # type: ignore[arg-type]
+        data = data.get("data", "")
+        ok = isinstance(data, str) and len(data) <= MAX_DATA_SPEC and data.isprintable()
+        _require(ok, "scoring.data", f"a dataset spec of at most {MAX_DATA_SPEC} printable characters", data)
+        return cls(str(space), tuple(proxies), int(batch_size), int(seed), dict(options), str(data))  # type: ignore[arg-type]
 
     def digest(self) -> str:
         canonical = json.dumps({"version": PAYLOAD_VERSION, **self.to_wire()}, sort_keys=True)
@@ -254,10 +266,30 @@ def load_characteristics(registry: Registry, request: BatchRequest) -> DataChara
 
 
 def probe_batch(characteristics: DataCharacteristics, scoring: ScoringSpec) -> ProbeBatch:
-    key = (characteristics.digest(), scoring.batch_size, scoring.seed)
+    """The job's probe batch (see `ScoringSpec`), built once per process."""
+    key = (characteristics.digest(), scoring.batch_size, scoring.seed, scoring.data)
     if key not in _BATCHES:
-        _BATCHES.remember(key, synthetic_probe_batch(characteristics, scoring.batch_size, scoring.seed))
+        _BATCHES.remember(key, _build_probe_batch(characteristics, scoring))
     return _BATCHES[key]  # type: ignore[no-any-return]
+
+
+def _build_probe_batch(characteristics: DataCharacteristics, scoring: ScoringSpec) -> ProbeBatch:
+    """The synthetic batch, or the seeded mini-batch of the named dataset's train split; a dataset this
+    worker cannot read, or one that does not match the characteristics, is a `ProxyError` (final)."""
+    if not scoring.data:
+        return synthetic_probe_batch(characteristics, scoring.batch_size, scoring.seed)
+    try:
+        dataset = load_dataset(scoring.data, "train")
+        batch = ProbeBatch.from_dataset(dataset, scoring.batch_size, scoring.seed, characteristics.labeled)
+    except (OSError, ValueError) as error:
+        raise ProxyError(f"probe data {scoring.data!r} cannot be read on {worker_name()}: {error}") from None
+    found = (batch.input_shape, batch.num_classes)
+    if found != (characteristics.input_shape, characteristics.num_classes):
+        raise ProxyError(
+            f"probe data {scoring.data!r} must have the job's input shape and classes "
+            f"{(characteristics.input_shape, characteristics.num_classes)}, but has {found}"
+        )
+    return batch
 
 
 # -- the work ------------------------------------------------------------------------------------------------
