@@ -29,7 +29,11 @@ def test_per_sample_gradients_add_up_to_the_batch_gradient(space_name: str) -> N
         for layer, grad in zip(probe.layers, probe.weight_grads, strict=True):
             per_sample = probe.per_sample_grads(layer)
             assert per_sample.shape == (batch.size, layer.module.weight.numel())
-            torch.testing.assert_close(per_sample.sum(0), grad.flatten(), rtol=1e-4, atol=1e-6)
+            # float32 sums whose reduction order depends on torch's thread count (other tests change it)
+            scale = float(grad.abs().max())
+            torch.testing.assert_close(
+                per_sample.sum(0), grad.flatten(), rtol=1e-4, atol=1e-5 * max(scale, 1e-3)
+            )
 
 
 def test_strided_dilated_grouped_convolution_per_sample_gradients() -> None:
