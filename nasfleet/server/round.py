@@ -138,7 +138,12 @@ class RoundRecorder:
         )
         first = ok[0].characteristics
         assert first is not None and ok[0].identity is not None
-        generic = replace(first, class_means=None, class_bases=None, epsilon=None, delta=None)
+        # Data-agnostic: no sketches and uniform labels, so no device's data (or order) shapes the batch.
+        classes = first.num_classes
+        generic = replace(
+            first, num_samples=classes, label_histogram=(1,) * classes if first.labeled else (),
+            class_means=None, class_bases=None, epsilon=None, delta=None,
+        )  # fmt: skip
         return self._submit(ok[0].identity.tenant, generic, tightest, None, config, None)
 
     def search(
