@@ -5,10 +5,11 @@ the classes. Each architecture is built under ``torch.manual_seed(seed)``, so it
 on the seed, and probed once: every requested proxy reads the same `Probe`, which runs the forward and the
 loss backward pass at most once.
 
-Every scorer, serial or pooled, runs torch's CPU operators on `SCORER_THREADS` thread(s): how a float
-reduction is split across threads changes its rounding (by up to ~1e-6 relative for gradient proxies), so
-a fixed count is what makes the values bit-identical for any ``workers``. To use more cores, use more
-workers (a pool of spawned processes, one architecture at a time each).
+Every scorer, serial or pooled, runs torch's CPU operators and numpy's BLAS/LAPACK calls (PCA, SVD) on
+`SCORER_THREADS` thread(s): how a float reduction is split across threads changes its rounding (by up to
+~1e-6 relative for gradient proxies), so a fixed count is what makes the values bit-identical for any
+``workers``; and BLAS threads of several workers would otherwise contend for the same cores. To use more
+cores, use more workers (a pool of spawned processes, one architecture at a time each).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from nasfleet.proxies.aggregate import AGGREGATES, get_aggregate
@@ -171,6 +173,7 @@ _WORKER_JOB: _Job | None = None
 def _init_worker(job: _Job) -> None:
     global _WORKER_JOB
     torch.set_num_threads(SCORER_THREADS)
+    threadpool_limits(SCORER_THREADS)
     _WORKER_JOB = job.on_device()
 
 
@@ -202,14 +205,16 @@ class ScoreTable:
 
 @contextmanager
 def scorer_context(device: str) -> Iterator[None]:
-    """Score as every pooled worker does: on `SCORER_THREADS` threads; restore the caller's threads and RNG.
+    """Score as every pooled worker does: on `SCORER_THREADS` threads (torch and BLAS); restore the caller's
+    threads and RNG.
 
     Scoring reseeds torch's generator per architecture; forking it keeps the caller's random stream intact.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(SCORER_THREADS)
     try:
-        with torch.random.fork_rng(devices=None if device == "cuda" else []):
+        devices: list[int] | None = None if device == "cuda" else []
+        with threadpool_limits(SCORER_THREADS), torch.random.fork_rng(devices=devices):
             yield
     finally:
         torch.set_num_threads(previous)

@@ -218,10 +218,12 @@ def make_app(settings: CelerySettings | None = None) -> Celery:
 
 
 def _one_thread(**_: Any) -> None:
-    """A worker process scores on one torch thread: cores are used by worker processes, not threads."""
+    """A worker process scores on one torch and one BLAS thread: cores are used by processes, not threads."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(WORKER_THREADS)
+    threadpool_limits(WORKER_THREADS)
 
 
 def _announce_ready(**_: Any) -> None:
