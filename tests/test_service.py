@@ -191,6 +191,50 @@ def test_two_worker_commands_serve_the_orchestrate_command(tmp_path: Path) -> No
         assert len(workers) >= 2
 
 
+def _descendants(pid: int) -> list[int]:
+    """Live descendants of *pid*, whatever session they started."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z":
+                parents[int(entry.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found.extend(children)
+        frontier = children
+    return found
+
+
+def test_sigterm_stops_the_orchestrate_command_and_its_local_workers(tmp_path: Path) -> None:
+    # Prepare: a queued job and `nasfleet orchestrate` with one local worker
+    settings = embedded_settings(tmp_path / "state")
+    with Registry(settings.registry) as registry:
+        (job,) = submit_plan(registry, [("acme", 1, 400, 0)])
+    urls = ["--broker", settings.broker, "--registry", settings.registry, "--queue", settings.queue]
+    program = python(
+        "import typer", "from nasfleet.server.worker_cli import orchestrate", "typer.run(orchestrate)"
+    )
+    command = [*program, *urls, "--state-dir", str(tmp_path / "logs")]
+    with child_process(command, tmp_path / "o.log") as proc:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(workers := _descendants(proc.pid)) < 2:
+            time.sleep(0.2)
+        assert len(workers) >= 2, "the local worker and its pool process never started"
+        # Execute
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        # Assert: no worker outlives the command, and the job is left to resume, not lost
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (left := [p for p in workers if Path(f"/proc/{p}").exists()]):
+            time.sleep(0.2)
+        assert left == [], (tmp_path / "o.log").read_text()
+    with Registry(settings.registry) as registry:
+        record = registry.get_job(job.id)
+        assert record is not None and record.status in {"queued", "running"}, record
+
+
 def test_the_worker_command_rejects_a_bad_broker() -> None:
     cli = typer.Typer()
     cli.command()(worker)

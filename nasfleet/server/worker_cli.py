@@ -80,6 +80,10 @@ def worker(
             signal.signal(sig, handler)
 
 
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def orchestrate(
     broker: BrokerOption = DEFAULT_BROKER_URL,
     registry: RegistryOption = DEFAULT_URL,
@@ -96,6 +100,8 @@ def orchestrate(
     settings = _settings(broker, registry, queue)
     fair = FairShare(max_jobs_per_tenant=max_jobs_per_tenant, max_in_flight=max_in_flight)
     options = ServiceOptions(local_workers=local_workers, concurrency=concurrency, fair=fair)
+    # SIGTERM unwinds like Ctrl-C, so the local workers are stopped; every job resumes from its stored state.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with Service(settings, state_dir, options) as service:
             orchestrator = service.orchestrator()
@@ -104,6 +110,8 @@ def orchestrate(
                 typer.echo(json.dumps({"job_id": job_id, "status": "failed", "error": error}))
     except RegistryError as error:
         raise typer.BadParameter(str(error)) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     for result in results.values():
         done = {"job_id": result.job_id, "status": "done", "arch": result.arch, "score": result.score}
         typer.echo(json.dumps({**done, "params": result.params, "flops": result.flops}))
