@@ -142,8 +142,10 @@ def raw_ceiling(args: Any, repeat: int) -> dict[int, float]:
     for processes in (1, 2):
         command = [sys.executable, "-c", RAW_SCORER, str(args.raw_archs), *map(str, args.input),
                    str(args.batch_size)]  # fmt: skip
-        procs = [subprocess.Popen([*command, str(repeat * 10 + index)], stdout=subprocess.PIPE,
-                                  start_new_session=True) for index in range(processes)]  # fmt: skip
+        # Every process scores the same archs: random NB201 archs differ several-fold in cost, so
+        # different draws per process would measure the draw, not the machine.
+        procs = [subprocess.Popen([*command, str(repeat)], stdout=subprocess.PIPE, start_new_session=True)
+                 for _ in range(processes)]  # fmt: skip
         seconds = [float(proc.communicate()[0]) for proc in procs]
         rates[processes] = processes * args.raw_archs / max(seconds)
     log(f"  raw scoring, no service: {rates[1]:.2f}/s with 1 process, {rates[2]:.2f}/s with 2")
