@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from nasfleet.proxies.aggregate import get_aggregate
 from nasfleet.proxies.base import ProxyError, get_proxy
 from nasfleet.proxies.fgnas import (
     block_sigmas,
+    channel_correlation,
     correlation_ratio,
     gaussian_entropy,
     gradient_change,
@@ -68,25 +70,27 @@ def test_dead_block_reduces_to_one_zero_component() -> None:
     assert reduced.variances.tolist() == [0.0]
 
 
-def test_correlation_ratio_uses_per_sample_pearson_over_positions() -> None:
-    first = np.array([[1.0, 2.0], [-1.0, -2.0], [3.0, 6.0], [-3.0, -6.0]])  # components perfectly correlated
-    second = np.array([[1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]])  # uncorrelated over positions
-    scores = np.stack([first, second])
-    nuclear = np.linalg.svd(scores.reshape(-1, 2), compute_uv=False).sum()
-    assert correlation_ratio(scores) == pytest.approx(nuclear / ((4.0 + 2.0) / 2))
-    assert correlation_ratio(scores[:, :1, :]) == pytest.approx(
-        np.linalg.svd(scores[:, :1, :].reshape(-1, 2))[1].sum() / 2
-    )
+def test_channel_correlation_is_the_per_sample_pearson_sum_over_positions() -> None:
+    # Sample 0: channel 1 = -2 x channel 0 over the 4 positions, channel 2 constant; sample 1: orthogonal
+    first = torch.tensor([[1.0, -2.0, 5.0], [-1.0, 2.0, 5.0], [3.0, -6.0, 5.0], [-3.0, 6.0, 5.0]])
+    second = torch.tensor([[1.0, 1.0, 0.0], [-1.0, 1.0, 0.0], [1.0, -1.0, 0.0], [-1.0, -1.0, 0.0]])
+    output = torch.stack([first, second]).transpose(1, 2).reshape(2, 3, 2, 2)  # (B, C, H, W)
+    # |Pearson| sums: 3 (diagonal) + 2 (channels 0 and 1) for the first, 3 for the second
+    assert channel_correlation(output) == pytest.approx((5.0 + 3.0) / 2)
+    assert channel_correlation(torch.randn(4, 3)) == 3.0  # no positions: the identity
 
 
-def test_correlated_components_score_lower() -> None:
-    rng = np.random.default_rng(0)
-    independent = rng.normal(size=(4, 64, 6))
-    pattern = rng.normal(size=(4, 64, 1))
-    shared = pattern + 0.05 * rng.normal(size=(4, 64, 6))
-    scale = np.linalg.svd(independent.reshape(-1, 6), compute_uv=False).sum()
-    scale /= np.linalg.svd(shared.reshape(-1, 6), compute_uv=False).sum()
-    assert correlation_ratio(independent) > correlation_ratio(shared * scale)
+def test_correlation_ratio_is_the_nuclear_norm_over_the_pearson_sum() -> None:
+    scores = np.random.default_rng(0).normal(size=(2, 4, 3))
+    nuclear = np.linalg.svd(scores.reshape(-1, 3), compute_uv=False).sum()
+    assert correlation_ratio(scores, 4.0) == pytest.approx(nuclear / 4.0)
+
+
+def test_correlated_channels_score_lower() -> None:
+    draw = partial(torch.randn, generator=torch.Generator().manual_seed(0))
+    independent = draw(4, 6, 8, 8)
+    shared = draw(4, 1, 8, 8) + 0.05 * draw(4, 6, 8, 8)
+    assert 6.0 <= channel_correlation(independent) < channel_correlation(shared) <= 36.0
 
 
 class LinearBlockNet(nn.Module):

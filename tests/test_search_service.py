@@ -20,6 +20,8 @@ from typer.testing import CliRunner
 
 from nasfleet.cli import app
 from nasfleet.clients import load_dataset
+from nasfleet.proxies.base import revised
+from nasfleet.proxies.fgnas import FeatureCorrelation
 from nasfleet.proxies.probe import ProbeBatch
 from nasfleet.search import SearchConfig, make_strategy, run_search
 from nasfleet.server.registry import Registry
@@ -122,3 +124,17 @@ def test_search_runs_on_a_remote_worker_through_redis_and_postgresql(
     assert (service["mode"], service["local_workers"], service["scored"]) == ("distributed", 0, 6)
     assert _scored_by(postgres_url, data) == set(service["workers"]) and service["workers"]
     assert data["best"]["arch"] in {entry["arch"] for entry in data["archive"]}
+
+
+def test_a_revised_proxy_changes_the_cache_key_of_the_specs_that_use_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare
+    uses_fc, without_fc = ScoringSpec("nb201", ("fgnas",), 4, 0), ScoringSpec("nb201", ("fg_fi",), 4, 0)
+    before = uses_fc.digest(), without_fc.digest()
+    assert revised(["fg_fi", "fg_fc"]) == {"fg_fc": FeatureCorrelation.revision}
+    # Execute: a new definition of S_FC
+    monkeypatch.setattr(FeatureCorrelation, "revision", FeatureCorrelation.revision + 1)
+    # Assert: its old values are no longer found; the other spec's are
+    assert uses_fc.digest() != before[0]
+    assert without_fc.digest() == before[1]

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from nasfleet.clients import load_dataset
+from nasfleet.proxies.base import revised
 from nasfleet.proxies.engine import score_archs
 from nasfleet.proxies.probe import ProbeBatch
 from nasfleet.search import SearchConfig, make_strategy, run_search
@@ -223,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
         "probe_seed": args.probe_seed, "scoring_seed": args.probe_seed, "labeled": labeled,
         "proxies": list(names), "device": "cpu",
     }  # fmt: skip
+    if revisions := revised(names):  # a revised proxy's old values must not be reused
+        probe["revisions"] = revisions
     label = "labeled" if labeled else "unlabeled"
     data = args.data.replace(":", "_").replace("/", "_")
     default = f"{args.space}-{data}-b{args.batch_size}-p{args.probe_seed}-{label}.jsonl"

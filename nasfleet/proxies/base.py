@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
 
 from nasfleet.registry import Registry
@@ -28,6 +29,8 @@ class Proxy(ABC):
     higher_is_better: ClassVar[bool] = True
     needs_labels: ClassVar[bool] = False
     needs_activation_codes: ClassVar[bool] = False
+    #: Bumped whenever a change of definition changes the values: stored values are keyed on it.
+    revision: ClassVar[int] = 1
 
     @abstractmethod
     def compute(self, probe: Probe) -> float:
@@ -44,6 +47,14 @@ class Proxy(ABC):
 
 PROXIES: Registry[Proxy] = Registry("proxy", ProxyError)
 register = PROXIES.register
+
+
+def revised(names: Iterable[str]) -> dict[str, int]:
+    """The revision of each named proxy that has been revised (revision > 1), for cache keys.
+
+    Revision-1 proxies are left out, so keys made before a proxy was first revised stay valid for the others.
+    """
+    return {name: PROXIES[name].revision for name in names if PROXIES[name].revision != 1}
 
 
 def get_proxy(name: str) -> Proxy:

@@ -95,25 +95,33 @@ def gaussian_entropy(variances: np.ndarray) -> float:
     return float(np.sum(0.5 * (np.log(2.0 * math.pi * floored) + 1.0)))
 
 
-def correlation_ratio(scores: np.ndarray) -> float:
-    """Eqs. 13-14: nuclear norm of the reduced features over the sum of their Pearson correlation matrix.
+def channel_correlation(output: torch.Tensor) -> float:
+    """Eqs. 13-15, the denominator: the sum of the Pearson correlation matrix of a block's features.
 
-    Interpretations: over the whole population the principal components are uncorrelated by
-    construction, so the d x d Pearson matrix is taken *per sample*, over its spatial positions, and the
-    absolute sums are averaged over samples; the sum therefore lies in [d, d^2] and never vanishes. With
-    one position per sample (no spatial dimensions) or one kept component, the matrix is the identity.
-    The nuclear norm is that of the (B*positions) x d reduced feature matrix.
+    Interpretations: the principal components of the reduced matrix are uncorrelated over the population
+    by construction, so their own Pearson matrix would be the identity; the matrix is therefore that of
+    the block's C channels, computed **per sample over its spatial positions** (the feature-map Pearson
+    matrix of MeCo, NeurIPS 2023). Absolute entries are summed and averaged over samples, so the sum lies
+    in [C, C^2]: the more a sample's channels move together, the larger it is. A channel constant over the
+    positions correlates 0 with the others and 1 with itself; without spatial positions the matrix is the
+    identity. Chosen among three readings on a development sample, see ``docs/fgnas.md``.
     """
-    _, positions, dims = scores.shape
-    nuclear = float(np.linalg.svd(scores.reshape(-1, dims), compute_uv=False).sum())
-    if positions < 2 or dims < 2:
-        return nuclear / float(dims)
-    centred = scores - scores.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(centred, axis=1, keepdims=True)
-    unit = np.divide(centred, norms, out=np.zeros_like(centred), where=norms > EPS)
-    pearson = np.einsum("bpi,bpj->bij", unit, unit)
-    pearson[:, np.arange(dims), np.arange(dims)] = 1.0
-    return nuclear / float(np.abs(pearson).sum(axis=(1, 2)).mean())
+    features = feature_matrix(output)  # (B, positions, C)
+    _, positions, channels = features.shape
+    if positions < 2:
+        return float(channels)
+    centred = features - features.mean(dim=1, keepdim=True)
+    norms = centred.norm(dim=1, keepdim=True)
+    unit = torch.where(norms > EPS, centred / norms.clamp_min(EPS), torch.zeros_like(centred))
+    pearson = (unit.transpose(1, 2) @ unit).abs()
+    pearson.diagonal(dim1=1, dim2=2).fill_(1.0)
+    return float(pearson.sum(dim=(1, 2)).mean())
+
+
+def correlation_ratio(scores: np.ndarray, pearson_sum: float) -> float:
+    """Eqs. 13-15: nuclear norm of the (B*positions) x d reduced feature matrix over the Pearson sum."""
+    nuclear = float(np.linalg.svd(scores.reshape(-1, scores.shape[-1]), compute_uv=False).sum())
+    return nuclear / pearson_sum
 
 
 def spectral_norm_estimate(v_gram: torch.Tensor, pushed_gram: torch.Tensor) -> float:
@@ -196,12 +204,15 @@ class FeatureCorrelation(Proxy):
     """S_FC (eqs. 13-15): sum over main blocks of nuclear norm over Pearson-matrix sum."""
 
     name = "fg_fc"
+    revision = 2  # 1: Pearson matrix of the reduced components (see docs/fgnas.md)
 
     def __init__(self, variance: float = DEFAULT_VARIANCE) -> None:
         self.variance = variance
 
     def compute(self, probe: Probe) -> float:
-        return sum(correlation_ratio(r.scores) for r in _reduced(probe, self.variance))
+        reduced = _reduced(probe, self.variance)  # runs the forward pass that records the block outputs
+        pairs = zip(reduced, probe.block_outputs, strict=True)
+        return sum(correlation_ratio(r.scores, channel_correlation(output)) for r, output in pairs)
 
 
 @register

@@ -37,7 +37,7 @@ from celery import Task, shared_task
 
 from nasfleet.clients.data import load_dataset
 from nasfleet.clients.messages import DataCharacteristics, MessageError
-from nasfleet.proxies.base import ProxyError
+from nasfleet.proxies.base import ProxyError, revised
 from nasfleet.proxies.engine import expand_names, score_archs
 from nasfleet.proxies.probe import ProbeBatch
 from nasfleet.server.registry import CacheEntry, CacheKey, EvaluationRecord, Registry, RegistryError
@@ -127,7 +127,11 @@ class ScoringSpec:
         return cls(str(space), tuple(proxies), int(batch_size), int(seed), dict(options), str(data))  # type: ignore[arg-type]
 
     def digest(self) -> str:
-        canonical = json.dumps({"version": PAYLOAD_VERSION, **self.to_wire()}, sort_keys=True)
+        """The hash of the wire form and of the revisions of revised proxies (`revised`)."""
+        key = {"version": PAYLOAD_VERSION, **self.to_wire()}
+        if revisions := revised(expand_names(",".join(self.proxies), True)[0]):
+            key["revisions"] = revisions
+        canonical = json.dumps(key, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
