@@ -241,6 +241,25 @@ def test_an_arch_that_cannot_be_scored_fails_its_job_only(
     assert list(results) == [good.id]
 
 
+def test_a_job_cancelled_while_its_step_runs_leaves_the_loop_and_others_finish(registry: Registry) -> None:
+    # Prepare: the first finished step of the first job cancels it, as the tenant API would, while the
+    # loop still holds it (no status check in between)
+    doomed, other = submit_plan(registry, [("acme", 1, 16, 0), ("globex", 2, 16, 1)])
+
+    def cancel(job: JobRun) -> None:
+        if job.id == doomed.id:
+            registry.update_job(doomed.id, status="cancelled")
+
+    orchestrator = Orchestrator(registry, LocalDispatcher(registry), status_every_s=3600.0, on_step=cancel)
+    # Execute
+    results = orchestrator.run(timeout_s=120)
+    # Assert: no RegistryError escaped; the cancelled job stays cancelled, the other one is done
+    assert list(results) == [other.id]
+    record = registry.get_job(doomed.id)
+    assert record is not None and record.status == "cancelled"
+    assert orchestrator.failed == {doomed.id: "cancelled"}
+
+
 def test_a_job_whose_constraints_admit_nothing_fails_with_the_reason(registry: Registry) -> None:
     tiny = ResourceConstraints(max_params=10)
     bad = submit_job(registry, "acme", characteristics(0), budget=8, options=OPTIONS, constraints=tiny)

@@ -215,10 +215,15 @@ class Orchestrator:
     def _drop_stopped_jobs(self) -> None:
         """Forget jobs that failed (a worker could not score) or were cancelled outside this loop."""
         for job in self._jobs():
-            record = self.registry.get_job(job.id)
-            if record is None or record.finished:
-                reason = "deleted" if record is None else record.error or record.status
-                self._remove(job, reason, mark=False)
+            self._drop_if_stopped(job)
+
+    def _drop_if_stopped(self, job: JobRun) -> bool:
+        """Forget *job* if the registry says it ended outside this loop (cancelled, failed, deleted)."""
+        record = self.registry.get_job(job.id)
+        if record is not None and not record.finished:
+            return False
+        self._remove(job, "deleted" if record is None else record.error or record.status, mark=False)
+        return True
 
     # -- steps -----------------------------------------------------------------------------------------------
     def _begin_steps(self) -> bool:
@@ -258,6 +263,10 @@ class Orchestrator:
         except JOB_ERRORS as error:
             self._remove(job, f"step failed: {error}")
             return
+        except RegistryError:
+            if self._drop_if_stopped(job):  # cancelled while its step ran
+                return
+            raise
         self.stats.steps += 1
         self._event("step", job, job.told)
         if self.on_step is not None:
@@ -266,7 +275,12 @@ class Orchestrator:
             self._finish(job)
 
     def _finish(self, job: JobRun) -> None:
-        self.results[job.id] = job.finish()
+        try:
+            self.results[job.id] = job.finish()
+        except RegistryError:
+            if self._drop_if_stopped(job):  # cancelled after its last step
+                return
+            raise
         self._event("done", job, job.told)
         self._remove(job, None)
 
