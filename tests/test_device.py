@@ -96,9 +96,11 @@ def test_every_tier_admits_part_of_the_space_and_looser_tiers_admit_more(
     # Execute
     counts = [_feasible_count(t, p, shape) for t, p in zip(DEVICE_TIERS, profiles, strict=True)]
 
-    # Assert: the tightest tier is feasible, every tier excludes a real part of the space
+    # Assert: the tightest tier is feasible, a looser tier never admits less, the loosest admits more than
+    # the tightest, and every tier excludes a real part of the space. (Adjacent tiers may tie: which limit
+    # binds depends on the host's measured speed, e.g. [85, 85, 194] under load.)
     assert counts[0] >= 30, counts
-    assert counts == sorted(counts) and len(set(counts)) == len(counts), counts
+    assert counts == sorted(counts) and counts[0] < counts[-1], counts
     assert counts[-1] <= 285, counts
 
 
