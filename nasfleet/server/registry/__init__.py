@@ -24,6 +24,7 @@ from nasfleet.server.registry.models import (
     TenantRecord,
 )
 from nasfleet.server.registry.storage import DEFAULT_URL, Registry
+from nasfleet.server.registry.workers import WorkerRecord
 
 __all__ = [
     "DEFAULT_URL",
@@ -43,4 +44,5 @@ __all__ = [
     "ResultRecord",
     "SchemaVersionError",
     "TenantRecord",
+    "WorkerRecord",
 ]

@@ -18,12 +18,13 @@ import json
 import math
 import numbers
 import re
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Engine, Text, UniqueConstraint, event, text
+from sqlalchemy import JSON, BigInteger, DateTime, Engine, Text, UniqueConstraint, event, inspect, text
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -31,7 +32,7 @@ from sqlalchemy.orm import registry
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, SQLModel, select
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 60_000
 NAME_LENGTH = 64
 DEVICE_NAME_LENGTH = 128
@@ -190,6 +191,8 @@ class JobRow(_Table, table=True):
     best_arch: str | None = Field(default=None, sa_type=Text)
     best_score: float | None = None
     error: str | None = Field(default=None, sa_type=Text)
+    # Why a running job does not advance (no live worker, broker unreachable); None while it advances.
+    note: str | None = Field(default=None, sa_type=Text)
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
 
@@ -238,6 +241,8 @@ class ReportRow(_Table, table=True):
     __tablename__ = "reports"
 
     id: int | None = Field(default=None, primary_key=True)
+    # What a tenant sees: random, so that it reveals nothing of other tenants' reports (``id`` would).
+    public_id: str | None = Field(default=None, max_length=32, unique=True)
     job_id: str = Field(foreign_key="jobs.id", ondelete="CASCADE", max_length=32, index=True)
     device_id: int | None = Field(default=None, foreign_key="devices.id", ondelete="SET NULL")
     arch: str = Field(max_length=ARCH_LENGTH)
@@ -249,6 +254,27 @@ class ReportRow(_Table, table=True):
     num_train: int
     num_test: int
     created_at: datetime = _timestamp()
+
+
+class WorkerRow(_Table, table=True):
+    """A live scoring worker's heartbeat: its main process writes ``beat_at`` every few seconds."""
+
+    __tablename__ = "workers"
+
+    name: str = Field(primary_key=True, max_length=WORKER_LENGTH)
+    queue: str = Field(max_length=NAME_LENGTH + 40)
+    pid: int
+    started_at: datetime = _timestamp()
+    beat_at: datetime = _timestamp()
+
+
+class RegistryInfoRow(_Table, table=True):
+    """One row: the registry's random deployment id, which names its task queue and travels in tasks."""
+
+    __tablename__ = "registry_info"
+
+    id: int = Field(default=1, primary_key=True)
+    deployment_id: str = Field(max_length=32)
 
 
 class ApiKeyRow(_Table, table=True):
@@ -309,6 +335,7 @@ class JobRecord:
     error: str | None
     created_at: datetime
     updated_at: datetime
+    note: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -371,7 +398,7 @@ class ReportRecord:
     latency_ms_predicted: float | None = None
     latency_ms_measured: float | None = None
     device: str | None = None
-    id: int | None = None
+    id: str | None = None
     created_at: datetime | None = None
 
 
@@ -447,8 +474,29 @@ def _create_tables(connection: Connection) -> None:
     _Table.metadata.create_all(connection)
 
 
+def _add_liveness(connection: Connection) -> None:
+    """Version 2: the workers and registry_info tables, ``jobs.note`` and ``reports.public_id``.
+
+    On a new database version 1's step already created the current tables; each change is made only
+    where it is missing.
+    """
+    _Table.metadata.create_all(connection)
+    inspector = inspect(connection)
+    if "note" not in {column["name"] for column in inspector.get_columns("jobs")}:
+        connection.execute(text("ALTER TABLE jobs ADD COLUMN note TEXT"))
+    if "public_id" not in {column["name"] for column in inspector.get_columns("reports")}:
+        connection.execute(text("ALTER TABLE reports ADD COLUMN public_id VARCHAR(32)"))
+        for (row_id,) in connection.execute(text("SELECT id FROM reports")).all():
+            connection.execute(text("UPDATE reports SET public_id = :p WHERE id = :i"),
+                               {"p": uuid.uuid4().hex, "i": row_id})  # fmt: skip
+        connection.execute(text("CREATE UNIQUE INDEX ix_reports_public_id ON reports (public_id)"))
+    info = RegistryInfoRow.__table__  # type: ignore[attr-defined]
+    if connection.execute(select(info.c.id)).first() is None:
+        connection.execute(info.insert().values(id=1, deployment_id=uuid.uuid4().hex))
+
+
 # Step to version v from v - 1, run in order. Version 0 is "no schema yet"; version 1 is the first schema.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _create_tables}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _create_tables, 2: _add_liveness}
 
 
 def stored_version(connection: Connection) -> int:

@@ -72,6 +72,7 @@ from nasfleet.server.registry.models import (
     require,
     utcnow,
 )
+from nasfleet.server.registry.workers import WorkerBoard
 
 DEFAULT_URL = "sqlite:///nasfleet-registry.db"
 EXPORT_VERSION = 1
@@ -79,7 +80,7 @@ API_KEY_PREFIX = "nfk"
 _CHUNK = 500  # rows per multi-row insert, well under SQLite's limit on bound parameters
 
 
-class Registry:
+class Registry(WorkerBoard):
     """Tenants, devices, search jobs, evaluations, the evaluation cache, results, reports and API keys.
 
     Parameters
@@ -244,9 +245,15 @@ class Registry:
     def update_job(
         self, job_id: str, *, status: str | None = None, state: Mapping[str, Any] | None = None,
         evaluations_done: int | None = None, best: tuple[str, float] | None = None, error: str | None = None,
+        note: str | None = None,
     ) -> JobRecord:  # fmt: skip
-        """Change the given fields (None leaves one as it is); a done, failed or cancelled job is final."""
+        """Change the given fields (None leaves one as it is); a done, failed or cancelled job is final.
+
+        *note* says why a running job does not advance; "" clears it.
+        """
         changes = _job_changes(status, state, evaluations_done, best, error)
+        if note is not None:
+            changes["note"] = _error_text(note) or None
         with self._session(write=True) as session:
             _update_job_row(session, job_id, changes)
             return _jobs(session, job_id=job_id)[0]
@@ -338,10 +345,11 @@ class Registry:
                 tenant = session.get_one(TenantRow, job.tenant_id)
                 device_name = check_name("device", report.device, DEVICE_NAME_LENGTH)
                 device_id = _device_row(session, tenant, device_name).id
-            row = ReportRow(device_id=device_id, **values)
+            row = ReportRow(device_id=device_id, public_id=uuid.uuid4().hex, **values)
             session.add(row)
             session.flush()
-            return next(found for found in _reports(session, job_id=report.job_id) if found.id == row.id)
+            stored = _reports(session, job_id=report.job_id)
+            return next(found for found in stored if found.id == row.public_id)
 
     def list_reports(self, *, job_id: str | None = None, tenant: str | None = None) -> list[ReportRecord]:
         with self._session() as session:
@@ -679,6 +687,7 @@ def _jobs(
             row.error,
             as_utc(row.created_at),
             as_utc(row.updated_at),
+            row.note,
         )
         for row, tenant_name, device_name in session.exec(
             statement.order_by(col(JobRow.created_at), col(JobRow.id))
@@ -736,7 +745,7 @@ def _reports(session: Session, job_id: str | None = None, tenant: str | None = N
             row.latency_ms_predicted,
             row.latency_ms_measured,
             device_name,
-            row.id,
+            row.public_id,
             as_utc(row.created_at),
         )
         for row, device_name in session.exec(statement.order_by(col(ReportRow.id)))
