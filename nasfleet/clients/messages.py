@@ -20,63 +20,50 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from nasfleet.clients.checks import MessageError as MessageError  # re-exported: the boundary's error
+from nasfleet.clients.checks import (
+    identifier,
+    integer,
+    known_keys,
+    number,
+    optional_number,
+    real_array,
+    safe_name,
+    text,
+)
+from nasfleet.clients.checks import require as require  # re-exported
+
 SCHEMA_VERSION = 1
 MAX_CLASSES = 1000
 MAX_INPUT_DIM = 3 * 64 * 64
 MAX_SKETCH_RANK = 32
 MAX_SAMPLES = 10**9
 MAX_SKETCH_VALUES = 4_000_000
+#: Finite ranges of the numeric fields (closed intervals; see docs/api.md, "Ranges"). Generous for real
+#: hardware, small enough that no arithmetic on them overflows.
+MAX_COUNT = 10**15  # max_params, max_flops
+MEMORY_MB = (1e-3, 1e7)  # max_memory_mb, memory_mb: 1 KB .. 10 TB of weights
+LATENCY_MS = (1e-3, 1e7)  # max_latency_ms: 1 µs .. 2.8 hours
+FLOPS_PER_MS = (1e-3, 1e12)  # flops_per_ms: 1 FLOP/s .. 1 PFLOP/s
+OVERHEAD_MS = (0.0, 1e6)
+EPSILON = (1e-3, 1e3)
+DELTA = (0.0, 0.1)  # open at 0
+LEARNING_RATE = (1e-8, 10.0)
+TRAIN_SECONDS = (1e-3, 1e6)
+MAX_SEED = 2**32 - 1
 
 Scalars = dict[str, Any]
 Arrays = dict[str, npt.NDArray[np.float32]]
 Wire = Mapping[str, Any]
 
 
-class MessageError(ValueError):
-    """A message that breaks its schema; the text names the field, the rule and the value."""
-
-
-def require(ok: bool, field: str, rule: str, value: object) -> None:
-    """Raise `MessageError` unless *ok*: ``"<field> must be <rule>, but got <value>"``."""
-    if not ok:
-        shown = repr(value)
-        raise MessageError(f"{field} must be {rule}, but got {shown[:200]}")
-
-
-def _int(scalars: Mapping[str, Any], field: str, low: int, high: int) -> int:
-    value = scalars.get(field)
-    ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-    require(ok, field, f"an integer in [{low}, {high}]", value)
-    return int(value)  # type: ignore[arg-type]
-
-
-def _positive(scalars: Mapping[str, Any], field: str, optional: bool = False) -> float | None:
-    value = scalars.get(field)
-    if optional and value is None:
-        return None
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    require(ok, field, "a positive finite number" + (" or null" if optional else ""), value)
-    return float(value)  # type: ignore[arg-type]
-
-
-def _fraction(scalars: Mapping[str, Any], field: str, low: float = 0.0, high: float = 1.0) -> float:
-    value = scalars.get(field)
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
-    require(ok, field, f"a finite number in [{low}, {high}]", value)
-    return float(value)  # type: ignore[arg-type]
-
-
-def _text(scalars: Mapping[str, Any], field: str, max_len: int = 200) -> str:
-    value = scalars.get(field)
-    ok = isinstance(value, str) and 0 < len(value) <= max_len and value.isprintable()
-    require(ok, field, f"a printable string of 1..{max_len} characters", value)
-    return str(value)
-
-
-def _check_version(scalars: Mapping[str, Any], kind: str) -> None:
-    require(isinstance(scalars, Mapping), "message", "a mapping", type(scalars).__name__)
+def _check_version(scalars: Mapping[str, Any], kind: str, allowed: tuple[str, ...]) -> None:
+    """The message's kind and version, and no keys but ``kind``, ``version`` and *allowed*."""
+    known_keys(scalars, ("kind", "version", *allowed), "message")
     require(scalars.get("kind") == kind, "kind", f"{kind!r}", scalars.get("kind"))
-    require(scalars.get("version") == SCHEMA_VERSION, "version", f"{SCHEMA_VERSION}", scalars.get("version"))
+    version = scalars.get("version")
+    ok = isinstance(version, int) and not isinstance(version, bool) and version == SCHEMA_VERSION
+    require(ok, "version", f"{SCHEMA_VERSION} (an integer)", version)
 
 
 def _input_shape(value: object) -> tuple[int, int, int]:
@@ -85,20 +72,10 @@ def _input_shape(value: object) -> tuple[int, int, int]:
         and len(value) == 3
         and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in value)
     )
-    require(ok, "input_shape", "three positive integers (C, H, W)", value)
+    require(ok, "input_shape", "three integers (C, H, W) in [1, 4096]", value)
     shape = (int(value[0]), int(value[1]), int(value[2]))  # type: ignore[index]
     require(math.prod(shape) <= MAX_INPUT_DIM, "input_shape", f"at most {MAX_INPUT_DIM} values", value)
     return shape
-
-
-def _finite_array(arrays: Mapping[str, Any], field: str, shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
-    value = arrays.get(field)
-    require(isinstance(value, np.ndarray), field, "an array", type(value).__name__)
-    assert isinstance(value, np.ndarray)
-    require(value.shape == shape, field, f"of shape {shape}", value.shape)
-    array = value.astype(np.float32, copy=False)
-    require(bool(np.isfinite(array).all()), field, "all finite", "non-finite values")
-    return array
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,6 +96,10 @@ class DataCharacteristics:
         ``class_bases[g].T @ class_bases[g]``. G is ``num_classes`` when labeled, else 1 (pooled).
     epsilon, delta
         The (epsilon, delta) spent releasing the sketches; None when there are none.
+
+    Ranges checked by `from_wire`: ``input_shape`` three integers in [1, 4096] with at most 12,288 values;
+    ``num_classes`` in [2, 1000]; ``num_samples`` in [1, 10**9]; ``sketch_rank`` in [0, 32]; sketch values
+    real and within ±1e6; ``epsilon`` in [1e-3, 1e3]; ``delta`` in (0, 0.1].
     """
 
     input_shape: tuple[int, int, int]
@@ -155,25 +136,28 @@ class DataCharacteristics:
 
     @classmethod
     def from_wire(cls, scalars: Wire, arrays: Wire | None = None) -> DataCharacteristics:
-        _check_version(scalars, "characteristics")
+        _check_version(scalars, "characteristics", _CHARACTERISTICS)
         shape = _input_shape(scalars.get("input_shape"))
-        num_classes = _int(scalars, "num_classes", 2, MAX_CLASSES)
-        num_samples = _int(scalars, "num_samples", 1, MAX_SAMPLES)
+        num_classes = integer(scalars, "num_classes", 2, MAX_CLASSES)
+        num_samples = integer(scalars, "num_samples", 1, MAX_SAMPLES)
         labeled = scalars.get("labeled")
         require(isinstance(labeled, bool), "labeled", "true or false", labeled)
         histogram = _histogram(scalars.get("label_histogram"), num_classes, num_samples, bool(labeled))
-        rank = _int(scalars, "sketch_rank", 0, MAX_SKETCH_RANK)
+        rank = integer(scalars, "sketch_rank", 0, MAX_SKETCH_RANK)
         arrays = arrays or {}
+        known_keys(arrays, ("class_means", "class_bases"), "arrays")
         if not arrays:
             require(rank == 0, "sketch_rank", "0 when no sketches are sent", rank)
+            for field in ("epsilon", "delta"):
+                value = scalars.get(field)
+                require(value is None, field, "null when no sketches are sent", value)
             return cls(shape, num_classes, num_samples, histogram, bool(labeled))
         groups, dim = (num_classes if labeled else 1), math.prod(shape)
         require(groups * (rank + 1) * dim <= MAX_SKETCH_VALUES, "class_bases", "at most 4M values", rank)
-        means = _finite_array(arrays, "class_means", (groups, dim))
-        bases = _finite_array(arrays, "class_bases", (groups, rank, dim))
-        epsilon = _positive(scalars, "epsilon")
-        delta = _fraction(scalars, "delta", 0.0, 0.1)
-        require(delta > 0, "delta", "in (0, 0.1]", delta)
+        means = real_array(arrays, "class_means", (groups, dim))
+        bases = real_array(arrays, "class_bases", (groups, rank, dim))
+        epsilon = number(scalars, "epsilon", *EPSILON)
+        delta = number(scalars, "delta", *DELTA, open_low=True)
         return cls(shape, num_classes, num_samples, histogram, bool(labeled), means, bases, epsilon, delta)
 
     def digest(self) -> str:
@@ -186,15 +170,19 @@ class DataCharacteristics:
         return hasher.hexdigest()
 
 
+_CHARACTERISTICS = ("input_shape", "num_classes", "num_samples", "label_histogram", "labeled", "epsilon",
+                    "delta", "sketch_rank")  # fmt: skip
+
+
 def _histogram(value: object, num_classes: int, num_samples: int, labeled: bool) -> tuple[int, ...]:
     if not labeled:
         require(value in ([], ()), "label_histogram", "empty when labeled is false", value)
         return ()
     counts = list(value) if isinstance(value, list | tuple) else []
     ok = len(counts) == num_classes and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= num_samples for v in counts
     )
-    require(ok, "label_histogram", f"{num_classes} non-negative integers", value)
+    require(ok, "label_histogram", f"{num_classes} integers in [0, {num_samples}]", value)
     require(sum(counts) == num_samples, "label_histogram", f"summing to num_samples={num_samples}", value)
     return tuple(int(v) for v in counts)
 
@@ -205,6 +193,9 @@ class DeviceProfile:
 
     ``tier`` names the hardware class; ``flops_per_ms`` and ``overhead_ms`` are fitted on the device by
     timing reference networks; ``memory_mb`` is the memory available for the model's weights.
+
+    Ranges checked by `from_wire`: ``tier`` 1-64 characters of [A-Za-z0-9_.-]; ``flops_per_ms`` in
+    [1e-3, 1e12]; ``overhead_ms`` in [0, 1e6]; ``memory_mb`` in [1e-3, 1e7].
     """
 
     tier: str
@@ -220,17 +211,20 @@ class DeviceProfile:
 
     @classmethod
     def from_wire(cls, scalars: Wire, arrays: Wire | None = None) -> DeviceProfile:
-        _check_version(scalars, "profile")
-        overhead = _fraction(scalars, "overhead_ms", 0.0, 1e6)
+        _check_version(scalars, "profile", ("tier", "flops_per_ms", "overhead_ms", "memory_mb"))
         return cls(
-            _text(scalars, "tier", 64), _positive(scalars, "flops_per_ms") or 0.0, overhead,
-            _positive(scalars, "memory_mb") or 0.0,
+            safe_name(scalars, "tier"), number(scalars, "flops_per_ms", *FLOPS_PER_MS),
+            number(scalars, "overhead_ms", *OVERHEAD_MS), number(scalars, "memory_mb", *MEMORY_MB),
         )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class ResourceConstraints:
-    """A device's limits (DESIGN step 1); None means unconstrained. Memory bounds the float32 weights."""
+    """A device's limits (DESIGN step 1); None means unconstrained. Memory bounds the float32 weights.
+
+    Ranges checked by `from_wire`: ``max_params`` and ``max_flops`` integers in [1, 10**15];
+    ``max_latency_ms`` in [1e-3, 1e7]; ``max_memory_mb`` in [1e-3, 1e7] (at most 2.6e12 parameters).
+    """
 
     max_params: int | None = None
     max_flops: int | None = None
@@ -242,15 +236,15 @@ class ResourceConstraints:
 
     @classmethod
     def from_wire(cls, scalars: Wire, arrays: Wire | None = None) -> ResourceConstraints:
-        _check_version(scalars, "constraints")
+        _check_version(scalars, "constraints", ("max_params", "max_flops", "max_latency_ms", "max_memory_mb"))
         counts = {}
         for field in ("max_params", "max_flops"):
             value = scalars.get(field)
-            counts[field] = None if value is None else _int(scalars, field, 1, 10**15)
+            counts[field] = None if value is None else integer(scalars, field, 1, MAX_COUNT)
         return cls(
             counts["max_params"], counts["max_flops"],
-            _positive(scalars, "max_latency_ms", optional=True),
-            _positive(scalars, "max_memory_mb", optional=True),
+            optional_number(scalars, "max_latency_ms", *LATENCY_MS),
+            optional_number(scalars, "max_memory_mb", *MEMORY_MB),
         )  # fmt: skip
 
     def effective_max_params(self) -> int | None:
@@ -275,7 +269,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SubNetAssignment:
-    """The server's ``train`` message: which SubNet to build and how to train it (DESIGN step 6)."""
+    """The server's ``train`` message: which SubNet to build and how to train it (DESIGN step 6).
+
+    Ranges checked by `from_wire`: ``space`` an identifier ([a-z][a-z0-9_]{0,31}, never a path);
+    ``train_epochs`` in [1, 1000]; ``train_batch_size`` in [1, 4096]; ``train_learning_rate`` in
+    [1e-8, 10]; ``train_max_seconds`` in [1e-3, 1e6]; ``train_test_fraction`` in [0.01, 0.9];
+    ``train_seed`` in [0, 2**32 - 1]; ``num_classes`` and ``input_shape`` as in `DataCharacteristics`.
+    """
 
     job_id: str
     space: str
@@ -292,21 +292,30 @@ class SubNetAssignment:
 
     @classmethod
     def from_wire(cls, scalars: Wire, arrays: Wire | None = None) -> SubNetAssignment:
-        _check_version(scalars, "subnet")
+        _check_version(scalars, "subnet", _SUBNET)
         train = TrainConfig(
-            _int(scalars, "train_epochs", 1, 1000), _int(scalars, "train_batch_size", 1, 4096),
-            _positive(scalars, "train_learning_rate") or 0.0, _positive(scalars, "train_max_seconds") or 0.0,
-            _fraction(scalars, "train_test_fraction", 0.01, 0.9), _int(scalars, "train_seed", 0, 2**32 - 1),
+            integer(scalars, "train_epochs", 1, 1000), integer(scalars, "train_batch_size", 1, 4096),
+            number(scalars, "train_learning_rate", *LEARNING_RATE),
+            number(scalars, "train_max_seconds", *TRAIN_SECONDS),
+            number(scalars, "train_test_fraction", 0.01, 0.9), integer(scalars, "train_seed", 0, MAX_SEED),
         )  # fmt: skip
         return cls(
-            _text(scalars, "job_id"), _text(scalars, "space", 32), _text(scalars, "arch", 2000),
-            _int(scalars, "num_classes", 2, MAX_CLASSES), _input_shape(scalars.get("input_shape")), train,
+            text(scalars, "job_id"), identifier(scalars, "space"), text(scalars, "arch", 2000),
+            integer(scalars, "num_classes", 2, MAX_CLASSES), _input_shape(scalars.get("input_shape")), train,
         )  # fmt: skip
+
+
+_SUBNET = ("job_id", "space", "arch", "num_classes", "input_shape", "train_epochs", "train_batch_size",
+           "train_learning_rate", "train_max_seconds", "train_test_fraction", "train_seed")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class TrainingReport:
-    """The device's reply after local training (DESIGN step 7)."""
+    """The device's reply after local training (DESIGN step 7).
+
+    Ranges checked by `from_wire`: ``accuracy`` in [0, 1]; ``loss`` in [0, 1e9]; ``train_seconds`` and
+    ``latency_ms`` in [0, 1e7]; ``num_train`` and ``num_test`` in [1, 10**9]; ``epochs_done`` in [0, 1000].
+    """
 
     job_id: str
     arch: str
@@ -323,14 +332,13 @@ class TrainingReport:
 
     @classmethod
     def from_wire(cls, scalars: Wire, arrays: Wire | None = None) -> TrainingReport:
-        _check_version(scalars, "report")
-        loss = _fraction(scalars, "loss", 0.0, 1e9)
+        _check_version(scalars, "report", tuple(f.name for f in fields(cls)))
         return cls(
-            _text(scalars, "job_id"), _text(scalars, "arch", 2000), _fraction(scalars, "accuracy"),
-            loss,
-            _fraction(scalars, "train_seconds", 0.0, 1e7), _fraction(scalars, "latency_ms", 0.0, 1e7),
-            _int(scalars, "num_train", 1, MAX_SAMPLES), _int(scalars, "num_test", 1, MAX_SAMPLES),
-            _int(scalars, "epochs_done", 0, 1000),
+            text(scalars, "job_id"), text(scalars, "arch", 2000), number(scalars, "accuracy", 0.0, 1.0),
+            number(scalars, "loss", 0.0, 1e9),
+            number(scalars, "train_seconds", 0.0, 1e7), number(scalars, "latency_ms", 0.0, 1e7),
+            integer(scalars, "num_train", 1, MAX_SAMPLES), integer(scalars, "num_test", 1, MAX_SAMPLES),
+            integer(scalars, "epochs_done", 0, 1000),
         )  # fmt: skip
 
 
@@ -350,12 +358,5 @@ class DeviceIdentity:
 
     @classmethod
     def from_wire(cls, scalars: Wire, arrays: Wire | None = None) -> DeviceIdentity:
-        _check_version(scalars, "identity")
-        return cls(_name(scalars, "tenant"), _name(scalars, "device"))
-
-
-def _name(scalars: Wire, field: str) -> str:
-    value = _text(scalars, field, 64)
-    ok = all(ch.isalnum() or ch in "_.-" for ch in value) and value.isascii()
-    require(ok, field, "1-64 characters of [A-Za-z0-9_.-]", value)
-    return value
+        _check_version(scalars, "identity", ("tenant", "device"))
+        return cls(safe_name(scalars, "tenant"), safe_name(scalars, "device"))

@@ -3,7 +3,9 @@
 A message named ``name`` travels as the ``ConfigRecord`` ``name`` holding one ``"json"`` string (its
 scalars: ConfigRecord values cannot be None or nested, JSON can) and, when it has arrays, the
 ``ArrayRecord`` ``name + ".arrays"``. `unpack` checks the records' presence and types and then hands
-the content to the message's own ``from_wire`` validation, so every failure is a `MessageError`.
+the content to the message's own ``from_wire`` validation, so every failure is a `MessageError`: also
+JSON nested too deep for the parser, an integer of more digits than Python converts, an array of strings
+or any other payload that makes decoding itself fail (the error then names the record).
 """
 
 from __future__ import annotations
@@ -50,21 +52,36 @@ def unpack(content: RecordDict, name: str, kind: type[M]) -> M:
     require(size <= MAX_JSON_CHARS, f"{name}.json", f"at most {MAX_JSON_CHARS} characters", f"{size} chars")
     try:
         scalars: Any = json.loads(text)  # type: ignore[arg-type]
-    except json.JSONDecodeError as error:
-        raise MessageError(f"{name}.json must be valid JSON, but got an error: {error}") from None
+    except (ValueError, RecursionError) as error:  # ValueError: also an integer of more than 4300 digits
+        raise MessageError(f"{name}.json must be valid JSON, but got an error: {_reason(error)}") from None
     require(isinstance(scalars, dict), f"{name}.json", "a JSON object", type(scalars).__name__)
     arrays: dict[str, np.ndarray] = {}
     array_record = content.get(f"{name}.arrays")
     if array_record is not None:
         require(isinstance(array_record, ArrayRecord), f"{name}.arrays", "an ArrayRecord", type(array_record))
         arrays = {key: _numpy(f"{name}.arrays.{key}", value) for key, value in array_record.items()}
-    return kind.from_wire(scalars, arrays)
+    try:
+        return kind.from_wire(scalars, arrays)
+    except MessageError:
+        raise
+    except Exception as error:  # the validators let nothing through, but a payload never crashes the reader
+        raise MessageError(
+            f"{name} must be a well-formed message, but got an error: {_reason(error)}"
+        ) from None
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error)[:200]}"
 
 
 def _numpy(field: str, value: object) -> np.ndarray:
     if not isinstance(value, Array):
         raise MessageError(f"{field} must be an Array, but got {type(value).__name__}")
     try:
-        return value.numpy()
+        array = value.numpy()
     except Exception as error:  # a corrupt buffer: any decoding failure is the sender's fault
-        raise MessageError(f"{field} must be a decodable numpy array, but got an error: {error}") from None
+        raise MessageError(
+            f"{field} must be a decodable numpy array, but got an error: {_reason(error)}"
+        ) from None
+    require(array.dtype.kind in "fiu", field, "an array of real numbers", f"dtype {array.dtype}")
+    return array

@@ -122,6 +122,12 @@ def parse_query_reply(node: int, reply: Message | None) -> DeviceOutcome:
         )
     except MessageError as error:
         return DeviceOutcome(node, status="error", error=f"malformed query reply: {error}")
+    except Exception as error:  # one device's reply never aborts the round for the others
+        return DeviceOutcome(node, status="error", error=f"unreadable query reply: {_reason(error)}")
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error)[:200]}"
 
 
 def assignment(outcome: DeviceOutcome, job_id: str, arch: str, config: RoundConfig) -> SubNetAssignment:
@@ -163,6 +169,9 @@ def _attach_report(outcome: DeviceOutcome, reply: Message | None, shared: bool) 
     except MessageError as error:
         outcome.fail("error", f"malformed training report: {error}")
         return
+    except Exception as error:  # one device's reply never aborts the round for the others
+        outcome.fail("error", f"unreadable training report: {_reason(error)}")
+        return
     if shared:
         outcome.shared_report = report
     else:
@@ -175,7 +184,10 @@ def run_round(grid: Grid, config: RoundConfig, recorder: RoundRecorder) -> list[
     replies = exchange(grid, {node: RecordDict() for node in nodes}, QUERY, config.query_timeout)
     outcomes = [parse_query_reply(node, replies.get(node)) for node in nodes]
     for outcome in outcomes:
-        recorder.register(outcome, config)
+        try:
+            recorder.register(outcome, config)
+        except Exception as error:  # e.g. a job the registry refuses: this device fails, the round goes on
+            outcome.fail("error", f"could not register the device or submit its search: {_reason(error)}")
     results, shared = recorder.search(outcomes, config)
     train_round(grid, outcomes, results, config, shared if shared in results else None)
     recorder.finish(outcomes, results)

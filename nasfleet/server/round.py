@@ -223,8 +223,12 @@ class RoundRecorder:
         for outcome in outcomes:
             device = outcome.identity.device if outcome.identity else None
             for report in (outcome.report, outcome.shared_report):
-                if report is not None:
+                if report is None:
+                    continue
+                try:
                     self.registry.add_report(report_record(report, device, outcome.predicted_latency_ms))
+                except RegistryError as error:  # this device's report only; the others are still stored
+                    outcome.fail("error", f"its training report could not be stored: {error}")
             if not outcome.ok and outcome.identity is not None:
                 self.registry.upsert_device(
                     outcome.identity.tenant,
