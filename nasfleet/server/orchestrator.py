@@ -31,16 +31,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from nasfleet.clients.messages import MessageError
-from nasfleet.proxies.base import ProxyError
-from nasfleet.search import SearchError
+from nasfleet.server.containment import describe, registry_unreachable
 from nasfleet.server.job_run import JobRun
 from nasfleet.server.registry import CacheEntry, CacheKey, Registry, RegistryError, ResultRecord
 from nasfleet.server.tasks import make_payload, score_locally
-from nasfleet.strategies.base import StrategyError
 
 log = logging.getLogger(__name__)
-JOB_ERRORS = (SearchError, StrategyError, MessageError, ProxyError, ValueError, KeyError, TypeError)
+#: What one job may raise while it is prepared, stepped or stored: anything. It fails that job alone; only
+#: an unreachable registry (`nasfleet.server.containment.registry_unreachable`) stops the loop.
+JOB_ERRORS: tuple[type[Exception], ...] = (Exception,)
 
 
 class Dispatcher(Protocol):
@@ -200,12 +199,14 @@ class Orchestrator:
                 continue
             if len(self.active[record.tenant]) >= self.fair.max_jobs_per_tenant:
                 continue
-            if record.status == "queued" and not self.registry.claim_job(record.id):
-                continue
             try:
+                if record.status == "queued" and not self.registry.claim_job(record.id):
+                    continue
                 job = JobRun(record, self.registry)
             except JOB_ERRORS as error:
-                self._fail_record(record.id, f"cannot start: {error}")
+                if isinstance(error, RegistryError) and registry_unreachable(error):
+                    raise
+                self._fail_record(record.id, f"cannot start: {describe(error)}")
                 continue
             self.active[record.tenant].append(job)
             self._event("admit", job, job.told)
@@ -232,13 +233,15 @@ class Orchestrator:
         for job in self._jobs():
             if job.step is not None:
                 continue
-            if job.done:  # resumed after its last checkpoint, before its result was stored
-                self._finish(job)
-                continue
             try:
+                if job.done:  # resumed after its last checkpoint, before its result was stored
+                    self._finish(job)
+                    continue
                 step = job.begin_step()
             except JOB_ERRORS as error:
-                self._remove(job, f"step failed: {error}")
+                if isinstance(error, RegistryError) and registry_unreachable(error):
+                    raise
+                self._remove(job, f"step failed: {describe(error)}")
                 continue
             began = True
             cached = self.registry.cache_get(step.keys.values()) if step.keys else {}
@@ -260,27 +263,35 @@ class Orchestrator:
             return
         try:
             job.finish_step()
-        except JOB_ERRORS as error:
-            self._remove(job, f"step failed: {error}")
+            done = job.done
+        except RegistryError as error:
+            if registry_unreachable(error):
+                raise
+            if not self._drop_if_stopped(job):  # else cancelled while its step ran
+                self._remove(job, f"step failed: {describe(error)}")  # its own record cannot be written
             return
-        except RegistryError:
-            if self._drop_if_stopped(job):  # cancelled while its step ran
-                return
-            raise
+        except JOB_ERRORS as error:
+            self._remove(job, f"step failed: {describe(error)}")
+            return
         self.stats.steps += 1
         self._event("step", job, job.told)
         if self.on_step is not None:
             self.on_step(job)
-        if job.done:
+        if done:
             self._finish(job)
 
     def _finish(self, job: JobRun) -> None:
         try:
             self.results[job.id] = job.finish()
-        except RegistryError:
-            if self._drop_if_stopped(job):  # cancelled after its last step
-                return
-            raise
+        except RegistryError as error:
+            if registry_unreachable(error):
+                raise
+            if not self._drop_if_stopped(job):  # else cancelled after its last step
+                self._remove(job, f"cannot store the result: {describe(error)}")
+            return
+        except JOB_ERRORS as error:
+            self._remove(job, f"cannot store the result: {describe(error)}")
+            return
         self._event("done", job, job.told)
         self._remove(job, None)
 
@@ -309,6 +320,8 @@ class Orchestrator:
         try:
             self.registry.update_job(job_id, status="failed", error=error)
         except RegistryError as problem:
+            if registry_unreachable(problem):  # not the job's fault: the next orchestrator fails it again
+                raise
             log.error("nasfleet: could not mark job %s failed: %s", job_id, problem)
 
     # -- dispatch and results --------------------------------------------------------------------------------
