@@ -180,8 +180,9 @@ def fit_latency(flops: Sequence[int], latencies_ms: Sequence[float]) -> tuple[fl
     """Least-squares fit of ``latency = overhead + flops / flops_per_ms`` with ``overhead >= 0``.
 
     Returns ``(flops_per_ms, overhead_ms)``. When the unconstrained intercept is negative the line is
-    refitted through the origin (the constrained optimum). When the slope is not positive (times do not
-    grow with FLOPs) the throughput is capped at `MAX_FLOPS_PER_MS` and the overhead is the mean time.
+    refitted through the origin (the constrained optimum). When the slope is below 1 / `MAX_FLOPS_PER_MS`
+    (times do not grow with FLOPs) the throughput is capped at `MAX_FLOPS_PER_MS` (the top of the wire
+    range of ``flops_per_ms``) and the overhead is the mean time.
     """
     x, y = np.asarray(flops, dtype=float), np.asarray(latencies_ms, dtype=float)
     if x.shape != y.shape or x.size < 2 or np.ptp(x) <= 0:
@@ -192,10 +193,10 @@ def fit_latency(flops: Sequence[int], latencies_ms: Sequence[float]) -> tuple[fl
     # With positive times a negative intercept implies a positive slope and vice versa: one case at most.
     if overhead < 0:
         slope, overhead = float(x @ y / (x @ x)), 0.0
-    elif slope <= 0:
+    elif slope < 1.0 / MAX_FLOPS_PER_MS:  # flat or falling times; also a slope too small to invert
         slope = 1.0 / MAX_FLOPS_PER_MS
         overhead = float(np.mean(y - slope * x))
-    return 1.0 / slope, overhead
+    return min(1.0 / slope, MAX_FLOPS_PER_MS), overhead
 
 
 def calibrate_profile(

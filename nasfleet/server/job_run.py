@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from nasfleet.clients.checks import check_integer, known_keys, safe_name, text
 from nasfleet.clients.device import latency_model
 from nasfleet.clients.messages import DataCharacteristics, DeviceProfile, ResourceConstraints
 from nasfleet.search import (
@@ -50,6 +51,13 @@ from nasfleet.strategies.discovery import get_strategy
 
 STATE_VERSION = 1
 CACHE_WORKER = "cache"
+MAX_ASK_SIZE = 1024
+MAX_PROBE_BATCH = 4096
+MAX_SEED = 2**32 - 1
+SPACE_OPTIONS = {"channels": (1, 1024), "cells_per_stage": (1, 16)}
+#: The keys `submit_job` stores in a job's options: `JobOptions`' fields and what travels beside them.
+STORED_OPTIONS = ("ask_size", "aggregate", "batch_size", "probe_batch", "scoring_seed", "space_options",
+                  "probe_data", "labeled", "characteristics", "profile")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,11 @@ class JobOptions:
     ``digits``, ``synthetic:N``...) whose train split gives a seeded real-data probe batch, as ``nasfleet
     search --data`` scores. All three are part of the cache key (`ScoringSpec`), so jobs that share them
     (and the characteristics) share evaluations, whatever their strategies and seeds.
+
+    Ranges, checked on construction (a `MessageError` naming the field, the rule and the value):
+    ``ask_size`` in [1, 1024]; ``batch_size`` in [2, 4096]; ``scoring_seed`` in [0, 2**32 - 1];
+    ``aggregate`` 1-64 characters of [A-Za-z0-9_.-]; ``probe_data`` "" or 1-4096 printable characters;
+    ``space_options`` only ``channels`` in [1, 1024] and ``cells_per_stage`` in [1, 16].
     """
 
     ask_size: int = 8
@@ -70,16 +83,30 @@ class JobOptions:
     space_options: Mapping[str, Any] = field(default_factory=dict)
     probe_data: str = ""
 
+    def __post_init__(self) -> None:
+        check_integer("ask_size", self.ask_size, 1, MAX_ASK_SIZE)
+        check_integer("batch_size", self.batch_size, 2, MAX_PROBE_BATCH)
+        check_integer("scoring_seed", self.scoring_seed, 0, MAX_SEED)
+        safe_name({"aggregate": self.aggregate}, "aggregate")
+        if self.probe_data != "":
+            text({"probe_data": self.probe_data}, "probe_data", 4096)
+        known_keys(self.space_options, SPACE_OPTIONS, "space_options")
+        for key, (low, high) in SPACE_OPTIONS.items():
+            if key in self.space_options:
+                check_integer(f"space_options.{key}", self.space_options[key], low, high)
+
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> JobOptions:
+        """The options a job stored (`submit_job`): no other keys, no coercion, every range checked."""
+        known_keys(options, STORED_OPTIONS, "options")
         defaults = cls()
         return cls(
-            int(options.get("ask_size", defaults.ask_size)),
-            str(options.get("aggregate", defaults.aggregate)),
-            int(options.get("batch_size", options.get("probe_batch", defaults.batch_size))),
-            int(options.get("scoring_seed", defaults.scoring_seed)),
+            options.get("ask_size", defaults.ask_size),
+            options.get("aggregate", defaults.aggregate),
+            options.get("batch_size", options.get("probe_batch", defaults.batch_size)),
+            options.get("scoring_seed", defaults.scoring_seed),
             dict(options.get("space_options") or {}),
-            str(options.get("probe_data") or ""),
+            options.get("probe_data") or "",
         )
 
 

@@ -20,6 +20,7 @@ search continues exactly as if it had never been interrupted.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,7 +53,8 @@ class Constraints:
     def __post_init__(self) -> None:
         for field in ("max_params", "max_flops", "max_latency_ms"):
             value = getattr(self, field)
-            if value is not None and not (np.isfinite(value) and value > 0):
+            # No np.isfinite: it raises TypeError for an int beyond 64 bits (which is finite).
+            if value is not None and not (0 < value < math.inf):
                 raise StrategyError(f"{field} must be a positive finite number or None, but got {value!r}")
 
 

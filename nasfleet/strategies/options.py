@@ -6,6 +6,11 @@ that dataclass: unknown keys, values of the wrong type and values that break a r
 a `StrategyError` naming the strategy, the option, the rule and the value received. Cross-option rules
 go in the dataclass's ``__post_init__`` and raise through `require`.
 
+Every option has a finite range before its own rule is checked: an ``int`` option lies in
+[-10**6, 10**6] (`MAX_INT_OPTION`) and a ``float`` option is 0 or has a magnitude in [1e-9, 1e6]
+(`FLOAT_OPTION_MAGNITUDE`), so no strategy sizes a population by 10**100 or divides by 5e-324. A
+strategy's own rule (``option(..., check=...)``) can only narrow this.
+
 Example::
 
     @dataclass(frozen=True)
@@ -21,7 +26,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -34,9 +38,11 @@ if TYPE_CHECKING:
 OptionsT = TypeVar("OptionsT", bound="DataclassInstance")
 Scalar = int | float | bool
 _RULE, _CHECK = "nasfleet.rule", "nasfleet.check"
+MAX_INT_OPTION = 10**6
+FLOAT_OPTION_MAGNITUDE = (1e-9, 1e6)
 _TYPE_RULES: dict[object, str] = {
-    int: "an integer",
-    float: "a finite number",
+    int: f"an integer in [{-MAX_INT_OPTION}, {MAX_INT_OPTION}]",
+    float: "0 or a number of magnitude in [1e-9, 1e6]",
     bool: "a boolean (true or false)",
 }
 
@@ -60,10 +66,16 @@ def _check_type(key: str, expected: object, value: object) -> Scalar:
         if expected is bool:
             return value
     elif expected is int and isinstance(value, int):
-        return value
-    elif expected is float and isinstance(value, int | float) and math.isfinite(value):
+        if -MAX_INT_OPTION <= value <= MAX_INT_OPTION:
+            return value
+    elif expected is float and isinstance(value, int | float) and _float_in_range(value):
         return float(value)
     raise StrategyError(f"config option {key!r} must be {_TYPE_RULES[expected]}, but got {value!r}")
+
+
+def _float_in_range(value: float) -> bool:
+    low, high = FLOAT_OPTION_MAGNITUDE
+    return value == 0 or low <= abs(value) <= high  # NaN and infinities fail both
 
 
 def parse_options(strategy: str, options_type: type[OptionsT], config: Mapping[str, Any]) -> OptionsT:

@@ -2,7 +2,8 @@
 
 Every request model is strict (no coercion: ``"3"`` is no integer, ``true`` no number), forbids unknown
 fields and rejects non-finite numbers (Python's JSON parser accepts ``NaN`` and ``Infinity``). The bounds
-here are the ones a JSON schema can state; the rules across fields (a histogram that sums to the sample
+here are the ones a JSON schema can state, the same finite ranges the wire messages check (docs/api.md,
+"Ranges"); the rules across fields (a histogram that sums to the sample
 count, sketch shapes that match the input shape, constraints the space can meet) are checked in
 `nasfleet.server.api.validation`, which names the field the same way.
 
@@ -19,7 +20,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, Tag
 
-from nasfleet.clients.messages import MAX_CLASSES, MAX_INPUT_DIM, MAX_SAMPLES, MAX_SKETCH_RANK
+from nasfleet.clients.messages import (
+    EPSILON,
+    FLOPS_PER_MS,
+    LATENCY_MS,
+    MAX_CLASSES,
+    MAX_INPUT_DIM,
+    MAX_SAMPLES,
+    MAX_SKETCH_RANK,
+    MEMORY_MB,
+    OVERHEAD_MS,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 MAX_BUDGET = 1_000_000
@@ -31,7 +42,8 @@ ARRAY_TAGS = ("nested", "base64")
 
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]
 DeviceName = Annotated[str, Field(min_length=1, max_length=128, pattern=NAME_PATTERN)]
-Positive = Annotated[float, Field(gt=0)]
+Memory = Annotated[float, Field(ge=MEMORY_MB[0], le=MEMORY_MB[1], description="MB, in [1e-3, 1e7]")]
+Latency = Annotated[float, Field(ge=LATENCY_MS[0], le=LATENCY_MS[1], description="ms, in [1e-3, 1e7]")]
 
 
 class StrictModel(BaseModel):
@@ -78,14 +90,14 @@ class CharacteristicsIn(StrictModel):
     )
     num_classes: int = Field(ge=2, le=MAX_CLASSES)
     num_samples: int = Field(ge=1, le=MAX_SAMPLES)
-    label_histogram: list[Annotated[int, Field(ge=0)]] = Field(
+    label_histogram: list[Annotated[int, Field(ge=0, le=MAX_SAMPLES)]] = Field(
         default_factory=list, max_length=MAX_CLASSES, description="count per class; empty when unlabeled"
     )
     labeled: bool
     sketch_rank: int | None = Field(
         default=None, ge=0, le=MAX_SKETCH_RANK, description="r; inferred from class_bases when omitted"
     )
-    epsilon: Positive | None = None
+    epsilon: Annotated[float, Field(ge=EPSILON[0], le=EPSILON[1])] | None = None
     delta: float | None = Field(default=None, gt=0, le=0.1)
     class_means: Means | None = Field(default=None, description="(G, D) with D = C*H*W")
     class_bases: Bases | None = Field(default=None, description="(G, r, D)")
@@ -96,17 +108,17 @@ class ConstraintsIn(StrictModel):
 
     max_params: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     max_flops: int | None = Field(default=None, ge=1, le=MAX_COUNT)
-    max_latency_ms: Positive | None = None
-    max_memory_mb: Positive | None = None
+    max_latency_ms: Latency | None = None
+    max_memory_mb: Memory | None = None
 
 
 class ProfileIn(StrictModel):
     """The device's speed for the latency model ``overhead_ms + flops / flops_per_ms``."""
 
     tier: str = Field(min_length=1, max_length=64, pattern=NAME_PATTERN)
-    flops_per_ms: Positive
-    overhead_ms: float = Field(ge=0, le=1e6)
-    memory_mb: Positive
+    flops_per_ms: float = Field(ge=FLOPS_PER_MS[0], le=FLOPS_PER_MS[1])
+    overhead_ms: float = Field(ge=OVERHEAD_MS[0], le=OVERHEAD_MS[1])
+    memory_mb: Memory
 
 
 class SpaceOptions(StrictModel):

@@ -193,7 +193,7 @@ def _strategy(spec: JobSpec, space: SearchSpace, feasible: Feasibility) -> None:
         raise invalid("strategy", f"must be one of {sorted(entries)}, but got {spec.strategy!r}")
     try:
         get_strategy(spec.strategy, space, spec.seed, spec.budget, spec.strategy_config, feasible)
-    except (StrategyError, ValueError, TypeError) as error:
+    except (StrategyError, ValueError, TypeError, ArithmeticError) as error:
         raise invalid("strategy_config", str(error)) from None
 
 
