@@ -275,14 +275,15 @@ def test_a_job_whose_constraints_admit_nothing_fails_with_the_reason(registry: R
 def _valid() -> tuple[dict[str, Any], list[str]]:
     spec = ScoringSpec("nb201", ("fg_fi", "fg_fc"), 8, 0, {"channels": 8, "cells_per_stage": 1})
     arch = make_space("nb201").encode(make_space("nb201").sample(np.random.default_rng(0)))
-    return make_payload("ab" * 16, "cd" * 32, spec), [arch]
+    return make_payload("ab" * 16, "cd" * 32, spec, "ef" * 16), [arch]
 
 
 @pytest.mark.parametrize(
     ("change", "field"),
     [
         (lambda p, a: ("not a mapping", a), "payload must be a mapping"),
-        (lambda p, a: ({**p, "version": 2}, a), "payload.version"),
+        (lambda p, a: ({**p, "version": 99}, a), "payload.version"),
+        (lambda p, a: ({**p, "deployment": "../x"}, a), "payload.deployment"),
         (lambda p, a: ({**p, "job_id": "x"}, a), "payload.job_id"),
         (lambda p, a: ({**p, "characteristics_hash": 7}, a), "payload.characteristics_hash"),
         (lambda p, a: ({**p, "scoring": {**p["scoring"], "space": "nope"}}, a), "scoring.space"),

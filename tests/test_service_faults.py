@@ -35,7 +35,7 @@ from nasfleet.server.job_run import JobRun
 from nasfleet.server.orchestrator import FairShare
 from nasfleet.server.registry import Registry
 from nasfleet.server.service import LocalWorkers, Service, ServiceOptions, embedded_settings
-from nasfleet.server.tasks import TASK_NAME
+from nasfleet.server.tasks import PAYLOAD_VERSION, TASK_NAME
 
 PLAN = [("acme", 1, 12, 0), ("globex", 2, 12, 1)]
 
@@ -145,7 +145,7 @@ def test_a_task_that_raises_is_retried_and_its_job_completes(tmp_path: Path, ser
 
 
 def test_a_malformed_task_is_rejected_once_and_the_worker_goes_on(tmp_path: Path, service: Service) -> None:
-    malformed = [((), {}), (({"version": 1, "job_id": "zz"}, ["x"]), {}), (("a", "b", "c"), {})]
+    malformed = [((), {}), (({"version": PAYLOAD_VERSION, "job_id": "zz"}, ["x"]), {}), (("a", "b", "c"), {})]
     for args, kwargs in malformed:
         service.app.send_task(TASK_NAME, args=args, kwargs=kwargs, queue=service.settings.queue)
     jobs = submit_plan(service.registry, PLAN)

@@ -18,6 +18,10 @@ Brokers:
 There is no result backend: a task writes its evaluations and cache entries to the registry and the
 orchestrator reads them there, so a result survives the orchestrator's crash and nothing is stored twice.
 Delivery is at least once (``acks_late``, ``task_reject_on_worker_lost``): the task is idempotent.
+
+Isolation: unless a queue is named, a deployment's tasks travel on ``nasfleet.<deployment id>``, the
+random id its registry stores (`resolve_queue`), and every task carries that id, which a worker of
+another registry refuses. Each worker's main process beats in the registry (`nasfleet.server.liveness`).
 """
 
 from __future__ import annotations
@@ -26,21 +30,27 @@ import fcntl
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
-from sqlalchemy import event
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
+from nasfleet.server.liveness import Heartbeat
 from nasfleet.server.registry import DEFAULT_URL as DEFAULT_REGISTRY_URL
+from nasfleet.server.registry import Registry
 
 DEFAULT_BROKER_URL = "sqlite:///nasfleet-broker.db"
-DEFAULT_QUEUE = "nasfleet"
+DEFAULT_QUEUE = ""  # the deployment's: see `resolve_queue`
+QUEUE_PREFIX = "nasfleet"
 DEFAULT_SOFT_TIME_LIMIT_S = 300.0
 DEFAULT_TIME_LIMIT_S = 360.0
 SQLITE_POLLING_S = 0.1
@@ -55,7 +65,7 @@ ENV = {
     "time_limit": "NASFLEET_TIME_LIMIT",
 }
 READY_FILE_ENV = "NASFLEET_WORKER_READY_FILE"
-_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{0,64}")
 
 
 class SettingsError(ValueError):
@@ -78,6 +88,27 @@ class _SQLiteChannel(kombu_sqlalchemy.Channel):
         except IntegrityError:  # created by another process between kombu's check and its insert
             self.session.rollback()
             return super()._get_or_create(queue)  # type: ignore[no-untyped-call]
+
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
+        """The oldest message of *queue*, deleted as it is delivered: kombu only hides delivered messages,
+        so the file grew forever. An unacknowledged one is put back when the channel closes; one whose
+        worker was killed is sent again by the orchestrator (`nasfleet.server.liveness`)."""
+        obj = self._get_or_create(queue)
+        self.session.execute(text("BEGIN IMMEDIATE TRANSACTION"))
+        try:
+            message = (
+                self.session.query(self.message_cls)
+                .filter(self.message_cls.queue_id == obj.id, self.message_cls.visible != False)  # noqa: E712
+                .order_by(self.message_cls.sent_at, self.message_cls.id)
+                .first()
+            )
+            if message is None:
+                raise Empty()
+            payload = message.payload
+            self.session.delete(message)
+            return loads(bytes_to_str(payload))  # type: ignore[no-untyped-call]
+        finally:
+            self.session.commit()
 
     def _open(self) -> Any:
         url = self.connection.client.hostname
@@ -136,8 +167,8 @@ class CelerySettings:
         _require(scheme in BROKER_SCHEMES, "broker", f"a URL with a scheme of {list(BROKER_SCHEMES)}",
                  self.broker)  # fmt: skip
         _require("://" in self.registry, "registry", "an SQLAlchemy URL", self.registry)
-        _require(_QUEUE_NAME.fullmatch(self.queue) is not None, "queue", "1-64 characters of [A-Za-z0-9_.-]",
-                 self.queue)  # fmt: skip
+        _require(_QUEUE_NAME.fullmatch(self.queue) is not None, "queue",
+                 "at most 64 characters of [A-Za-z0-9_.-] ('' for the deployment's)", self.queue)  # fmt: skip
         _require(0 < self.soft_time_limit < self.time_limit, "time limits",
                  "0 < soft_time_limit < time_limit", (self.soft_time_limit, self.time_limit))  # fmt: skip
 
@@ -166,6 +197,22 @@ def _require(ok: bool, field: str, rule: str, value: object) -> None:
         raise SettingsError(f"{field} must be {rule}, but got {value!r}")
 
 
+def deployment_queue(deployment_id: str) -> str:
+    """The task queue of the deployment whose registry has *deployment_id*."""
+    return f"{QUEUE_PREFIX}.{deployment_id[:16]}"
+
+
+def resolve_queue(settings: CelerySettings, registry: Registry | None = None) -> CelerySettings:
+    """*settings* with their queue named: as given, or the deployment's (read from *registry*, or from
+    the settings' registry, opened for the purpose)."""
+    if settings.queue:
+        return settings
+    if registry is not None:
+        return replace(settings, queue=deployment_queue(registry.deployment_id))
+    with Registry(settings.registry) as opened:
+        return replace(settings, queue=deployment_queue(opened.deployment_id))
+
+
 def sqlite_broker_url(path: str | Path) -> str:
     """The embedded broker's URL for an SQLite file at *path*."""
     return f"sqlite:///{Path(path).resolve()}"
@@ -188,7 +235,7 @@ def configure(app: Celery, settings: CelerySettings) -> Celery:
     app.conf.update(
         **_broker_options(settings),
         nasfleet_registry=settings.registry,
-        task_default_queue=settings.queue,
+        task_default_queue=settings.queue or QUEUE_PREFIX,
         task_serializer="json",
         accept_content=["json"],
         result_backend=None,
@@ -230,15 +277,29 @@ def _one_thread(**_: Any) -> None:
     threadpool_limits(WORKER_THREADS)
 
 
-def _announce_ready(**_: Any) -> None:
-    """Touch the file named by ``NASFLEET_WORKER_READY_FILE``: how a launcher knows the worker consumes."""
+_HEARTBEAT: list[Heartbeat] = []
+
+
+def _announce_ready(sender: Any = None, **_: Any) -> None:
+    """Start beating in the registry; then touch the file named by ``NASFLEET_WORKER_READY_FILE``: how a
+    launcher knows the worker consumes."""
+    settings = resolve_queue(CelerySettings.from_env())
+    name = str(getattr(sender, "hostname", None) or f"celery-{os.getpid()}")
+    _HEARTBEAT.append(Heartbeat(settings.registry, name, settings.queue).start())
     path = os.environ.get(READY_FILE_ENV)
     if path:
         Path(path).write_text(str(os.getpid()))
 
 
+def _stop_beating(**_: Any) -> None:
+    """A clean stop: the worker's row goes (its unacknowledged tasks went back to the broker)."""
+    while _HEARTBEAT:
+        _HEARTBEAT.pop().stop()
+
+
 worker_init.connect(_one_thread, weak=False)
 worker_process_init.connect(_one_thread, weak=False)
 worker_ready.connect(_announce_ready, weak=False)
+worker_shutdown.connect(_stop_beating, weak=False)
 
 app = make_app()

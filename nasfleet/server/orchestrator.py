@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from nasfleet.server.containment import describe, registry_unreachable
 from nasfleet.server.job_run import JobRun
+from nasfleet.server.liveness import WorkerWatch
 from nasfleet.server.registry import CacheEntry, CacheKey, Registry, RegistryError, ResultRecord
 from nasfleet.server.tasks import make_payload, score_locally
 
@@ -127,6 +128,7 @@ class Orchestrator:
         lost_after_s: float = 900.0,
         max_attempts: int = 3, status_every_s: float = 1.0,
         on_step: Callable[[JobRun], None] | None = None, housekeeping: Callable[[], object] | None = None,
+        watch: WorkerWatch | None = None,
     ) -> None:  # fmt: skip
         self.registry, self.dispatcher = registry, dispatcher
         self.fair = fair or FairShare()
@@ -134,6 +136,9 @@ class Orchestrator:
         self.poll_s, self.max_poll_s = poll_s, max(poll_s, max_poll_s)
         self.lost_after_s, self.max_attempts = lost_after_s, max_attempts
         self.status_every_s, self.on_step, self.housekeeping = status_every_s, on_step, housekeeping
+        self.watch = watch
+        self.notes: dict[str, str] = {}  # job id -> why it does not advance, as last written
+        self._broker_problem = self._waiting = ""
         self.active: dict[str, list[JobRun]] = defaultdict(list)
         self.flights: dict[CacheKey, _Flight] = {}
         self.queued: dict[str, list[CacheKey]] = defaultdict(list)  # job id -> keys it must send
@@ -165,6 +170,7 @@ class Orchestrator:
                 if self.housekeeping is not None:
                     self.housekeeping()
                 self._drop_stopped_jobs()
+                self._watch_workers()
                 next_status = now + self.status_every_s
             progressed = self._begin_steps() | self._dispatch() | self._collect() | self._resend_lost()
             self.stats.busy_seconds += time.perf_counter() - busy
@@ -359,13 +365,21 @@ class Orchestrator:
 
     def _send(self, job: JobRun, count: int) -> int:
         keys, self.queued[job.id] = self.queued[job.id][:count], self.queued[job.id][count:]
-        payload = make_payload(job.id, job.record.characteristics_hash, job.scoring)
+        payload = make_payload(
+            job.id, job.record.characteristics_hash, job.scoring, self.registry.deployment_id
+        )
         try:
             self.dispatcher.send(payload, [key.arch for key in keys])
         except Exception as error:  # the broker is away: keep the archs queued and try again later
             log.warning("nasfleet: could not send a task of job %s (%s); retrying", job.id, error)
             self.queued[job.id] = keys + self.queued[job.id]
+            if not self._broker_problem:
+                self._broker_problem = f"broker unreachable: {(str(error).splitlines() or [''])[0]}"
+                self._set_notes()
             return 0
+        if self._broker_problem:
+            self._broker_problem = ""
+            self._set_notes()
         now = time.perf_counter()
         for key in keys:
             self.flights[key].sent_at, self.flights[key].attempts = now, self.flights[key].attempts + 1
@@ -388,6 +402,48 @@ class Orchestrator:
         for job in dict.fromkeys(waiting):
             self._maybe_finish(job)
         return bool(found)
+
+    # -- worker liveness -------------------------------------------------------------------------------------
+    def _watch_workers(self) -> None:
+        """Resend everything unanswered when a worker died; say in the jobs' notes when none is alive."""
+        if self.watch is None:
+            return
+        try:
+            liveness = self.watch.look()
+        except RegistryError as error:
+            log.warning("nasfleet: could not read the workers' heartbeats: %s", error)
+            return
+        if liveness.died:
+            self._resend_all()
+        waiting = ""
+        if liveness.alive == 0:
+            waiting = (
+                f"waiting for workers: none on queue {self.watch.queue!r} has beaten in the last "
+                f"{self.watch.dead_after_s:g} s (start `nasfleet worker`)"
+            )
+        self._set_notes(waiting)
+
+    def _resend_all(self) -> None:
+        """Queue again every arch sent and unanswered: a worker holding it may have died with it."""
+        for key, flight in self.flights.items():
+            if flight.sent_at is not None and flight.waiters:
+                flight.sent_at = None
+                self.queued[flight.waiters[0].id].append(key)
+                self.stats.resent += 1
+
+    def _set_notes(self, waiting: str | None = None) -> None:
+        """Write each running job's note where it changed: the broker's problem, else *waiting*."""
+        if waiting is not None:
+            self._waiting = waiting
+        note = self._broker_problem or self._waiting
+        for job in self._jobs():
+            if self.notes.get(job.id, "") != note:
+                try:
+                    self.registry.update_job(job.id, note=note)
+                except RegistryError as error:  # finished or cancelled meanwhile; the next look retries
+                    log.info("nasfleet: could not note job %s: %s", job.id, error)
+                    continue
+                self.notes[job.id] = note
 
     def _resend_lost(self) -> bool:
         """Queue again, under a waiting job, every arch sent more than ``lost_after_s`` ago."""

@@ -23,9 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from kombu.utils.url import maybe_sanitize_url
 
-from nasfleet.server.celery_app import CelerySettings, SettingsError, make_app, sqlite_broker_url
+from nasfleet.server.celery_app import (
+    CelerySettings,
+    SettingsError,
+    make_app,
+    resolve_queue,
+    sqlite_broker_url,
+)
 from nasfleet.server.job_run import JobRun
+from nasfleet.server.liveness import PARENT_ENV, WorkerWatch
 from nasfleet.server.orchestrator import FairShare, Orchestrator
 from nasfleet.server.registry import DEFAULT_URL as DEFAULT_REGISTRY_URL
 from nasfleet.server.registry import Registry, ResultRecord
@@ -89,7 +97,7 @@ class LocalWorkers:
     ) -> None:  # fmt: skip
         if processes < 1 or concurrency < 1:
             raise ValueError(f"processes and concurrency must be >= 1, but got {processes}, {concurrency}")
-        self.settings, self.state_dir = settings, Path(state_dir)
+        self.settings, self.state_dir = resolve_queue(settings), Path(state_dir)
         self.processes, self.concurrency = processes, concurrency
         self.pool, self.app_module = pool, app_module
         self.env = dict(env or {})
@@ -111,7 +119,7 @@ class LocalWorkers:
         command = worker_command(self.settings, self.concurrency, self.pool, name, self.app_module)
         threads = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
         env = {**os.environ, **threads, **self.settings.to_env(), **self.env,
-               "NASFLEET_WORKER_READY_FILE": str(ready)}  # fmt: skip
+               "NASFLEET_WORKER_READY_FILE": str(ready), PARENT_ENV: str(os.getpid())}  # fmt: skip
         if self.log_dir is None:
             return subprocess.Popen(command, env=env, start_new_session=True)
         with open(self.log_dir / f"worker-{index}.log", "ab") as log:
@@ -142,9 +150,8 @@ class LocalWorkers:
             if dead or time.monotonic() > deadline:
                 self.stop()
                 why = f"exited with {dead[0].returncode}" if dead else f"not ready in {STARTUP_TIMEOUT_S} s"
-                raise RuntimeError(
-                    f"a local Celery worker {why}; see the logs in {self.log_dir}{self._tail()}"
-                )
+                where = "its output above" if self.log_dir is None else f"the logs in {self.log_dir}"
+                raise RuntimeError(f"a local Celery worker {why}; see {where}{self._tail()}")
             time.sleep(0.05)
 
     def _tail(self, lines: int = 15) -> str:
@@ -189,6 +196,18 @@ class ServiceOptions:
     fair: FairShare = field(default_factory=FairShare)
     poll_s: float = 0.01
     lost_after_s: float = 900.0
+    dead_after_s: float = 10.0
+
+
+def broker_problem(app: Celery, timeout_s: float = 2.0) -> str | None:
+    """None if *app*'s broker accepts a connection within about *timeout_s*, else why not (one line)."""
+    with app.connection_for_write() as connection:
+        try:
+            connection.ensure_connection(max_retries=1, timeout=timeout_s)
+        except Exception as error:  # kombu raises its own, the driver's and OS errors alike
+            reason = (str(error).splitlines() or [type(error).__name__])[0].rstrip(".")
+            return f"broker {maybe_sanitize_url(app.conf.broker_url)} unreachable: {reason}"
+    return None
 
 
 class Service:
@@ -197,10 +216,10 @@ class Service:
     def __init__(
         self, settings: CelerySettings, state_dir: str | Path, options: ServiceOptions | None = None
     ) -> None:
-        self.settings, self.state_dir = settings, Path(state_dir)
-        self.options = options or ServiceOptions()
-        self.app = make_app(settings)
         self.registry = Registry(settings.registry)
+        self.settings, self.state_dir = resolve_queue(settings, self.registry), Path(state_dir)
+        self.options = options or ServiceOptions()
+        self.app = make_app(self.settings)
         self.workers: LocalWorkers | None = None
 
     def __enter__(self) -> Service:
@@ -230,8 +249,13 @@ class Service:
         dispatcher = CeleryDispatcher(self.app, self.settings.queue)
         if self.workers is not None:
             rest.setdefault("housekeeping", self.workers.revive)
-        return Orchestrator(self.registry, dispatcher, fair=options.fair, job_ids=job_ids,
+        watch = WorkerWatch(self.registry, self.settings.queue, options.dead_after_s)
+        return Orchestrator(self.registry, dispatcher, fair=options.fair, job_ids=job_ids, watch=watch,
                             poll_s=options.poll_s, lost_after_s=options.lost_after_s, **rest)  # fmt: skip
+
+    def broker_problem(self, timeout_s: float = 2.0) -> str | None:
+        """None if the broker accepts a connection within *timeout_s*, else why not (one line)."""
+        return broker_problem(self.app, timeout_s)
 
     def run(self, job_ids: Sequence[str] | None = None, **overrides: Any) -> dict[str, ResultRecord]:
         """Run the registry's unfinished jobs (or *job_ids*) to the end."""

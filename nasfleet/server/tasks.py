@@ -45,7 +45,7 @@ from nasfleet.server.synthetic import MAX_BATCH_SIZE, MIN_BATCH_SIZE, synthetic_
 from nasfleet.spaces import SPACES, ArchitectureError, Genome, SearchSpace, get_space
 
 TASK_NAME = "nasfleet.score_batch"
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = 2  # 2: the registry's deployment id travels in the task
 MAX_ARCHS_PER_TASK = 256
 MAX_RETRIES = 3
 MAX_DATA_SPEC = 1000
@@ -143,6 +143,7 @@ class BatchRequest:
     characteristics_hash: str
     scoring: ScoringSpec
     archs: tuple[str, ...]
+    deployment: str = ""
 
     def key(self, arch: str) -> CacheKey:
         return CacheKey(arch, self.characteristics_hash, self.scoring.digest())
@@ -157,10 +158,13 @@ def make_space(name: str, options: Mapping[str, Any] | None = None) -> SearchSpa
     return SPACES[name](**options)
 
 
-def make_payload(job_id: str, characteristics_hash: str, scoring: ScoringSpec) -> dict[str, Any]:
-    """The task's first argument, as the orchestrator sends it."""
+def make_payload(
+    job_id: str, characteristics_hash: str, scoring: ScoringSpec, deployment: str
+) -> dict[str, Any]:
+    """The task's first argument, as the orchestrator of the registry with id *deployment* sends it."""
     return {
         "version": PAYLOAD_VERSION,
+        "deployment": deployment,
         "job_id": job_id,
         "characteristics_hash": characteristics_hash,
         "scoring": scoring.to_wire(),
@@ -175,6 +179,7 @@ def parse_request(payload: object, archs: object) -> BatchRequest:
     _require(payload.get("version") == PAYLOAD_VERSION, "payload.version", str(PAYLOAD_VERSION),
              payload.get("version"))  # fmt: skip
     job_id = _hex("payload.job_id", payload.get("job_id"), 32)
+    deployment = _hex("payload.deployment", payload.get("deployment"), 32)
     characteristics_hash = _hex("payload.characteristics_hash", payload.get("characteristics_hash"), 64)
     scoring = ScoringSpec.from_wire(payload.get("scoring"))
     claimed = payload.get("proxy_config_hash")
@@ -186,7 +191,7 @@ def parse_request(payload: object, archs: object) -> BatchRequest:
     space = make_space(scoring.space, scoring.space_options)
     canonical = tuple(_canonical(space, index, arch) for index, arch in enumerate(archs))
     _require(len(set(canonical)) == len(canonical), "archs", "distinct architectures", list(archs))
-    return BatchRequest(job_id, characteristics_hash, scoring, canonical)
+    return BatchRequest(job_id, characteristics_hash, scoring, canonical, deployment)
 
 
 def _canonical(space: SearchSpace, index: int, arch: object) -> str:
@@ -314,6 +319,9 @@ def score_request(registry: Registry, request: BatchRequest, worker: str = "") -
 
     Returns ``{"scored": {arch: values}, "cached": [archs already cached]}``.
     """
+    _require(request.deployment == registry.deployment_id, "payload.deployment",
+             f"the deployment id of this worker's registry ({registry.deployment_id})",
+             request.deployment)  # fmt: skip
     characteristics = load_characteristics(registry, request)
     try:
         expand_names(",".join(request.scoring.proxies), characteristics.labeled)

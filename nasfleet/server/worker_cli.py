@@ -22,10 +22,14 @@ from nasfleet.server.celery_app import (
     DEFAULT_QUEUE,
     CelerySettings,
     SettingsError,
+    make_app,
+    resolve_queue,
 )
 from nasfleet.server.orchestrator import FairShare
 from nasfleet.server.registry import DEFAULT_URL, RegistryError
-from nasfleet.server.service import LocalWorkers, Service, ServiceOptions
+from nasfleet.server.service import LocalWorkers, Service, ServiceOptions, broker_problem
+
+RETRY_S = 2.0
 
 BrokerOption = Annotated[
     str,
@@ -34,7 +38,10 @@ BrokerOption = Annotated[
 RegistryOption = Annotated[
     str, typer.Option("--registry", help="sqlite:///FILE | postgresql+psycopg://USER@HOST:PORT/DB")
 ]
-QueueOption = Annotated[str, typer.Option("--queue", help="Celery queue the workers consume.")]
+QueueOption = Annotated[
+    str,
+    typer.Option("--queue", help="Celery queue the workers consume (default: the registry's deployment's)."),
+]
 ConcurrencyOption = Annotated[
     int, typer.Option("--concurrency", min=1, help="Pool processes per worker (one torch thread each).")
 ]
@@ -48,16 +55,48 @@ def _settings(broker: str, registry: str, queue: str) -> CelerySettings:
         raise typer.BadParameter(str(error)) from None
 
 
+def _reachable(settings: CelerySettings, wait_s: float, stopping: list[int]) -> CelerySettings | None:
+    """*settings* with the deployment's queue once the registry and the broker answer, or None after
+    *wait_s* seconds (one line said on the first failure and one on giving up)."""
+    deadline, said = time.monotonic() + wait_s, False
+    while not stopping:
+        resolved: CelerySettings | None = None
+        try:
+            resolved = resolve_queue(settings)
+            app = make_app(resolved)
+            problem = broker_problem(app)
+            app.close()
+        except RegistryError as error:
+            problem = f"registry unreachable: {str(error).splitlines()[0]}"
+        if problem is None and resolved is not None:
+            return resolved
+        if not said:
+            said = True
+            typer.echo(f"nasfleet worker: {problem}; retrying for up to {wait_s:g} s (--wait)", err=True)
+        if time.monotonic() >= deadline:
+            typer.echo(f"nasfleet worker: giving up after {wait_s:g} s: {problem}", err=True)
+            return None
+        time.sleep(min(RETRY_S, max(0.0, deadline - time.monotonic())))
+    return None
+
+
 def worker(
     broker: BrokerOption = DEFAULT_BROKER_URL,
     registry: RegistryOption = DEFAULT_URL,
     queue: QueueOption = DEFAULT_QUEUE,
     concurrency: ConcurrencyOption = 1,
-    processes: Annotated[int, typer.Option("--processes", min=1, help="Worker processes.")] = 1,
+    processes: Annotated[int, typer.Option("--processes", min=1, max=256, help="Worker processes.")] = 1,
     pool: PoolOption = "prefork",
+    wait: Annotated[
+        float,
+        typer.Option("--wait", min=0, max=86_400, help="Seconds to retry an unreachable broker or registry."),
+    ] = 60.0,
 ) -> None:
-    """Run scoring workers for a broker and a registry until interrupted (restarting any that exit)."""
-    settings = _settings(broker, registry, queue)
+    """Run scoring workers for a broker and a registry until interrupted (restarting any that exit).
+
+    An unreachable broker or registry is said in one line and retried; after --wait seconds the command
+    exits with status 1.
+    """
     stopping: list[int] = []
 
     def stop(signum: int, _frame: Any) -> None:
@@ -65,11 +104,15 @@ def worker(
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        found = _reachable(_settings(broker, registry, queue), wait, stopping)
+        if found is None:
+            raise typer.Exit(0 if stopping else 1)
+        settings = found
         with tempfile.TemporaryDirectory(prefix="nasfleet-worker-") as state:
             workers = LocalWorkers(settings, state, processes=processes, concurrency=concurrency,
                                    pool=pool, log_dir="-")  # fmt: skip
             with workers:
-                shown = f"{processes} x {concurrency} on queue {queue!r}, pids {workers.pids}"
+                shown = f"{processes} x {concurrency} on queue {settings.queue!r}, pids {workers.pids}"
                 typer.echo(f"nasfleet worker: {shown}", err=True)
                 while not stopping:
                     if workers.revive():

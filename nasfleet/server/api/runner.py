@@ -13,13 +13,16 @@ server resumes them.
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 from nasfleet.server.celery_app import CelerySettings
+from nasfleet.server.registry import RegistryError
 from nasfleet.server.service import Service, ServiceOptions
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,35 @@ class OrchestratorLoop:
                 self._failing = True
                 self.restarts += 1
                 self._stop.wait(self.restart_s)
+
+
+class ServiceProblems:
+    """What keeps *service*'s jobs from advancing, one line each, looked up at most every *every_s*:
+    the broker unreachable, or no worker of its queue beating (`nasfleet.server.liveness`)."""
+
+    def __init__(self, service: Service, every_s: float = 5.0) -> None:
+        self.service, self.every_s = service, every_s
+        self._lock = threading.Lock()
+        self._at, self._found = -math.inf, list[str]()
+
+    def __call__(self) -> list[str]:
+        with self._lock:
+            if time.monotonic() - self._at >= self.every_s:
+                self._found, self._at = self._look(), time.monotonic()
+            return list(self._found)
+
+    def _look(self) -> list[str]:
+        problems = []
+        if broker := self.service.broker_problem():
+            problems.append(broker)
+        queue, dead_after_s = self.service.settings.queue, self.service.options.dead_after_s
+        try:
+            alive = [w for w in self.service.registry.workers(queue) if w.age_s() <= dead_after_s]
+        except RegistryError as error:
+            return [*problems, f"registry unreachable: {error}"]
+        if not alive:
+            problems.append(f"no worker on queue {queue!r} has beaten in the last {dead_after_s:g} s")
+        return problems
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import delete
@@ -84,16 +84,9 @@ class WorkerBoard:
             session.exec(delete(WorkerRow).where(col(WorkerRow.name) == name))
 
     def workers(self: _Sessions, queue: str | None = None) -> list[WorkerRecord]:
-        """The workers that beat (of *queue*), by name; dead ones too until `prune_workers`."""
+        """The workers that beat (of *queue*), by name; dead ones too until `worker_stopped`."""
         with self._session() as session:
             return list(_workers(session, queue))
-
-    def prune_workers(self: _Sessions, older_than_s: float) -> int:
-        """Delete the rows of workers silent for more than *older_than_s*; how many."""
-        cutoff = utcnow() - timedelta(seconds=older_than_s)
-        with self._session(write=True) as session:
-            result = session.exec(delete(WorkerRow).where(col(WorkerRow.beat_at) < cutoff))
-            return int(result.rowcount)
 
 
 def _workers(session: Session, queue: str | None) -> Iterator[WorkerRecord]:
