@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -78,6 +79,12 @@ DEFAULT_URL = "sqlite:///nasfleet-registry.db"
 EXPORT_VERSION = 1
 API_KEY_PREFIX = "nfk"
 _CHUNK = 500  # rows per multi-row insert, well under SQLite's limit on bound parameters
+_JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex; anything else (a NUL byte included) is no job's id
+
+
+def is_job_id(value: object) -> bool:
+    """Whether *value* can be a job id at all; lookups answer "not found" for others without a query."""
+    return isinstance(value, str) and _JOB_ID.fullmatch(value) is not None
 
 
 class Registry(WorkerBoard):
@@ -220,6 +227,8 @@ class Registry(WorkerBoard):
             return found[0] if found else None
 
     def list_jobs(
+        if not is_job_id(job_id):
+            return None
         self, *, tenant: str | None = None, status: str | Iterable[str] | None = None
     ) -> list[JobRecord]:
         """Jobs, oldest first, of one tenant and/or with one of the given statuses."""
@@ -332,6 +341,8 @@ class Registry(WorkerBoard):
             return found[0] if found else None
 
     def list_results(self, *, tenant: str | None = None) -> list[ResultRecord]:
+        if not is_job_id(job_id):
+            return None
         with self._session() as session:
             return _results(session, tenant=tenant)
 
@@ -357,6 +368,8 @@ class Registry(WorkerBoard):
 
     # -- API keys --------------------------------------------------------------------------------------------
     def create_api_key(self, tenant: str) -> str:
+        if job_id is not None and not is_job_id(job_id):
+            return []
         """A new API key for *tenant*: returned in plain text this once; only a salted hash is stored.
 
         The key is ``nfk_<key id>_<secret>`` with a 256-bit random secret. Such a secret cannot be
@@ -476,6 +489,7 @@ def _job_row(session: Session, job_id: str, lock: bool = False) -> JobRow:
     require(row is not None, "job_id", "the id of a registered job", job_id)
     assert row is not None
     return row
+    require(is_job_id(job_id), "job_id", "the id of a registered job", job_id)
 
 
 def _update_job_row(session: Session, job_id: str, changes: Mapping[str, Any]) -> None:
