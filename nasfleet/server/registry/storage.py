@@ -222,13 +222,13 @@ class Registry(WorkerBoard):
             return _jobs(session, job_id=row.id)[0]
 
     def get_job(self, job_id: str) -> JobRecord | None:
+        if not is_job_id(job_id):
+            return None
         with self._session() as session:
             found = _jobs(session, job_id=job_id)
             return found[0] if found else None
 
     def list_jobs(
-        if not is_job_id(job_id):
-            return None
         self, *, tenant: str | None = None, status: str | Iterable[str] | None = None
     ) -> list[JobRecord]:
         """Jobs, oldest first, of one tenant and/or with one of the given statuses."""
@@ -336,13 +336,13 @@ class Registry(WorkerBoard):
                 _update_job_row(session, result.job_id, {"status": "done", **best})
 
     def get_result(self, job_id: str) -> ResultRecord | None:
+        if not is_job_id(job_id):
+            return None
         with self._session() as session:
             found = _results(session, job_id=job_id)
             return found[0] if found else None
 
     def list_results(self, *, tenant: str | None = None) -> list[ResultRecord]:
-        if not is_job_id(job_id):
-            return None
         with self._session() as session:
             return _results(session, tenant=tenant)
 
@@ -363,13 +363,13 @@ class Registry(WorkerBoard):
             return next(found for found in stored if found.id == row.public_id)
 
     def list_reports(self, *, job_id: str | None = None, tenant: str | None = None) -> list[ReportRecord]:
+        if job_id is not None and not is_job_id(job_id):
+            return []
         with self._session() as session:
             return _reports(session, job_id=job_id, tenant=tenant)
 
     # -- API keys --------------------------------------------------------------------------------------------
     def create_api_key(self, tenant: str) -> str:
-        if job_id is not None and not is_job_id(job_id):
-            return []
         """A new API key for *tenant*: returned in plain text this once; only a salted hash is stored.
 
         The key is ``nfk_<key id>_<secret>`` with a 256-bit random secret. Such a secret cannot be
@@ -484,12 +484,12 @@ def _device_row(session: Session, tenant: TenantRow, name: str) -> DeviceRow:
 
 
 def _job_row(session: Session, job_id: str, lock: bool = False) -> JobRow:
+    require(is_job_id(job_id), "job_id", "the id of a registered job", job_id)
     statement = select(JobRow).where(JobRow.id == job_id)
     row = session.exec(statement.with_for_update() if lock else statement).first()
     require(row is not None, "job_id", "the id of a registered job", job_id)
     assert row is not None
     return row
-    require(is_job_id(job_id), "job_id", "the id of a registered job", job_id)
 
 
 def _update_job_row(session: Session, job_id: str, changes: Mapping[str, Any]) -> None:
