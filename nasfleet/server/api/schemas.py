@@ -218,6 +218,10 @@ class JobStatus(BaseModel):
     best_arch: str | None
     best_score: float | None
     error: str | None
+    note: str | None = Field(
+        description="why a running job does not advance, e.g. 'waiting for workers: ...' or "
+        "'broker unreachable: ...'; null while it advances",
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -277,7 +281,7 @@ class JobResult(BaseModel):
 
 
 class ReportOut(BaseModel):
-    id: int
+    id: str = Field(description="32 hex digits, random: it tells nothing about other reports")
     job_id: str
     arch: str
     device: str | None

@@ -26,7 +26,8 @@ def job_status(job: JobRecord) -> JobStatus:
         id=job.id, status=job.status, space=job.space, strategy=job.strategy, device=job.device,  # type: ignore[arg-type]
         budget=job.budget, evaluations_done=job.evaluations_done,
         progress=min(1.0, job.evaluations_done / job.budget), best_arch=job.best_arch,
-        best_score=job.best_score, error=job.error, created_at=job.created_at, updated_at=job.updated_at,
+        best_score=job.best_score, error=job.error, note=job.note, created_at=job.created_at,
+        updated_at=job.updated_at,
     )  # fmt: skip
 
 
