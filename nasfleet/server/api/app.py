@@ -25,6 +25,7 @@ from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
 
 from nasfleet.server.api.auth import Tenant, registry_of
 from nasfleet.server.api.errors import ApiError, install_handlers, invalid, responses
+from nasfleet.server.api.gate import GatedRoute
 from nasfleet.server.api.limits import BodySizeLimit
 from nasfleet.server.api.schemas import (
     DeviceList,
@@ -114,7 +115,7 @@ def _publish_strategy_names(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", route_class=GatedRoute)  # key, media type and JSON before the body
 
 
 def _settings(request: Request) -> ApiSettings:
@@ -145,7 +146,7 @@ def tenant_info(request: Request, tenant: Tenant) -> TenantOut:
 
 @router.post(
     "/jobs", status_code=202, tags=["jobs"], operation_id="submit_job",
-    responses={**responses(400, 413, 429), 202: {"description": "Queued", "links": JOB_LINKS}},
+    responses={**responses(400, 413, 415, 429), 202: {"description": "Queued", "links": JOB_LINKS}},
 )  # fmt: skip
 def submit(request: Request, response: Response, body: SubmitRequest, tenant: Tenant) -> JobStatus:
     """Submit a personalized SubNet request; the search runs in the background (poll the job)."""
@@ -230,7 +231,7 @@ def cancel_job(request: Request, job_id: JobId, tenant: Tenant) -> JobStatus:
 
 @router.post(
     "/jobs/{job_id}/reports", status_code=201, tags=["reports"], operation_id="add_report",
-    responses=responses(400, 404, 409, 413),
+    responses=responses(400, 404, 409, 413, 415),
 )  # fmt: skip
 def add_report(request: Request, job_id: JobId, body: ReportIn, tenant: Tenant) -> ReportOut:
     """Record a device's training report on the SubNet the job delivered."""

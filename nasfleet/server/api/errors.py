@@ -1,8 +1,10 @@
 """The API's 4xx answers: one body (`ErrorBody`) for all, each validation problem naming its field.
 
 `ApiError` is what the routes raise. Pydantic's errors become 422 answers whose fields read like the
-request (``characteristics.input_shape[1]``); a body that is no JSON at all is a 400. Nothing a client
-sends can produce a 5xx but a failing registry (503, without its details).
+request (``characteristics.input_shape[1]``); a body that is no JSON document at all is a 400
+``malformed_json`` (whatever the reason: see `nasfleet.server.api.gate`), one of another media type a 415
+``unsupported_media_type``. Nothing a client sends can produce a 5xx but a failing registry (503, without
+its details).
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ def invalid(field: str, message: str, location: str = "body") -> ApiError:
     return ApiError(422, "invalid_request", f"{field}: {message}", [problem])
 
 
+def malformed(reason: str) -> ApiError:
+    """The 400 for a body that is no JSON document; *reason* says why (``it is empty``)."""
+    problem = FieldProblem(field="body", location="body", message=f"must be a JSON document, but {reason}")
+    return ApiError(400, "malformed_json", f"the body {problem.message}", [problem])
+
+
 def field_name(loc: Sequence[str | int]) -> tuple[str, str]:
     """(``a.b[2].c``, location) from a Pydantic error location, without union member tags."""
     location = str(loc[0]) if loc and loc[0] in LOCATIONS else "body"
@@ -73,8 +81,7 @@ async def _on_validation(_request: Request, error: Exception) -> JSONResponse:
     errors = list(error.errors())
     if any(item.get("type") == "json_invalid" for item in errors):
         detail = next(item for item in errors if item.get("type") == "json_invalid")
-        context = detail.get("ctx", {}).get("error", "not JSON")
-        return ApiError(400, "malformed_json", f"the body must be a JSON document: {context}").response()
+        return malformed(str(detail.get("ctx", {}).get("error", "it is not"))).response()
     problems = _problems(errors)
     message = "; ".join(f"{p.field}: {p.message}" for p in problems[:3])
     return ApiError(422, "invalid_request", message, problems).response()
@@ -105,11 +112,12 @@ def install_handlers(app: FastAPI) -> None:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "The body is not JSON"},
+    400: {"model": ErrorBody, "description": "The body is not a JSON document (malformed_json)"},
     401: {"model": ErrorBody, "description": "No valid API key"},
     404: {"model": ErrorBody, "description": "No such job of this tenant"},
     409: {"model": ErrorBody, "description": "The job is not in a state that allows this"},
     413: {"model": ErrorBody, "description": "The body is larger than the server accepts"},
+    415: {"model": ErrorBody, "description": "The body's Content-Type is not application/json"},
     422: {"model": ErrorBody, "description": "A field breaks a rule; each problem names its field"},
     429: {"model": ErrorBody, "description": "The tenant has too many unfinished jobs"},
 }
