@@ -373,9 +373,12 @@ def test_an_invalid_request_is_refused_naming_its_field(
 
 def test_non_finite_numbers_malformed_json_and_bad_queries_are_refused(server: Server) -> None:
     with server.client("initech", **{"Content-Type": "application/json"}) as client:
-        text = json.dumps(BASE).replace('"delta": 1e-05', '"delta": NaN', 1)
-        nan = client.post("/v1/jobs", content=text)
-        assert nan.status_code == 422 and nan.json()["fields"][0]["field"] == "characteristics.delta"
+        text = json.dumps(BASE).replace('"delta": 1e-05', '"delta": 1e999', 1)  # JSON, but infinite
+        huge = client.post("/v1/jobs", content=text)
+        assert huge.status_code == 422 and huge.json()["fields"][0]["field"] == "characteristics.delta"
+        nan = client.post("/v1/jobs", content=text.replace("1e999", "NaN"))  # not JSON at all
+        assert nan.status_code == 400 and nan.json()["error"] == "malformed_json"
+        assert "NaN, which is no JSON number" in nan.json()["message"]
         broken = client.post("/v1/jobs", content=b'{"space": "nb201", ')
         assert broken.status_code == 400 and broken.json()["error"] == "malformed_json"
         not_object = client.post("/v1/jobs", content=b"[1, 2]")
