@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from nasfleet.spaces.base import Genome, SearchSpace
-from nasfleet.strategies.base import Feasibility, Strategy, StrategyError, register_strategy
+from nasfleet.spaces.base import Genome
+from nasfleet.strategies.base import Strategy, StrategyError, register_strategy
 from nasfleet.strategies.common import (
     check_header,
     checked_fitness,
@@ -41,7 +41,7 @@ from nasfleet.strategies.common import (
     state_field,
     state_header,
 )
-from nasfleet.strategies.options import option, options_dict, parse_options
+from nasfleet.strategies.options import option
 
 NEIGHBOUR_ATTEMPTS = 20
 
@@ -81,22 +81,12 @@ class SimulatedAnnealing(Strategy):
 
     name = "annealing"
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        seed: int,
-        budget: int,
-        config: Mapping[str, Any] | None = None,
-        feasible: Feasibility | None = None,
-    ) -> None:
-        super().__init__(space, seed, budget, config, feasible)
-        self.options = AnnealingOptions(**self.config)
+    options_type = AnnealingOptions
+    options: AnnealingOptions
+
+    def setup(self) -> None:
         self.current: Genome | None = None
         self.archive: dict[Genome, float] = {}
-
-    @classmethod
-    def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        return options_dict(parse_options(cls.name, AnnealingOptions, config))
 
     def temperature_at(self, evaluations: int) -> float:
         """``T_k = T0 * alpha**k`` after ``k`` evaluations."""

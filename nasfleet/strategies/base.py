@@ -30,12 +30,10 @@ import numpy as np
 
 from nasfleet.registry import Registry
 from nasfleet.spaces.base import Cost, Genome, SearchSpace
+from nasfleet.strategies.options import StrategyError as StrategyError
+from nasfleet.strategies.options import options_dict, parse_options
 
 MAX_FEASIBILITY_ATTEMPTS = 1000
-
-
-class StrategyError(ValueError):
-    """A strategy that cannot be built or run: unknown name, invalid configuration or state."""
 
 
 class InfeasibleSearchError(StrategyError):
@@ -108,6 +106,10 @@ class Strategy(ABC):
     """A search strategy over a `SearchSpace`, built from the space, a seed, a config and constraints."""
 
     name: ClassVar[str]
+    options_type: ClassVar[type[Any] | None] = None
+    """The strategy's options, a dataclass of `nasfleet.strategies.options` fields: the config is checked
+    against it (`validate_config`) and built into ``self.options``. None: the strategy takes no options."""
+    options: Any
 
     def __init__(
         self,
@@ -124,12 +126,19 @@ class Strategy(ABC):
         self.budget = budget
         self.feasible = feasible if feasible is not None else unconstrained(space)
         self.config = self.validate_config(dict(config or {}))
+        self.options = None if self.options_type is None else self.options_type(**self.config)
         self.rng = np.random.default_rng(seed)
         self.told = 0
+        self.setup()
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Create the strategy's own state; called once, at the end of ``__init__``."""
 
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        """Check the strategy's options and fill defaults; reject unknown keys (override per strategy)."""
+        """Check the config against `options_type` and fill defaults; reject unknown keys."""
+        if cls.options_type is not None:
+            return options_dict(parse_options(cls.name, cls.options_type, config))
         if config:
             raise StrategyError(f"{cls.name} takes no options, but got {sorted(config)}")
         return config

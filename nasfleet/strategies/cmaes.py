@@ -56,8 +56,8 @@ from typing import Any
 import cma
 import numpy as np
 
-from nasfleet.spaces.base import Genome, SearchSpace
-from nasfleet.strategies.base import Feasibility, Strategy, StrategyError, register_strategy
+from nasfleet.spaces.base import Genome
+from nasfleet.strategies.base import Strategy, StrategyError, register_strategy
 from nasfleet.strategies.common import (
     checked_fitness,
     checked_tell,
@@ -69,7 +69,7 @@ from nasfleet.strategies.common import (
     state_field,
     state_header,
 )
-from nasfleet.strategies.options import option, options_dict, parse_options
+from nasfleet.strategies.options import option
 
 RESTART_AFTER = 10
 FORCE_AFTER = 30
@@ -171,25 +171,15 @@ class CMAESStrategy(Strategy):
 
     name = "cmaes"
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        seed: int,
-        budget: int,
-        config: Mapping[str, Any] | None = None,
-        feasible: Feasibility | None = None,
-    ) -> None:
-        super().__init__(space, seed, budget, config, feasible)
-        self.options = CMAESOptions(**self.config)
+    options_type = CMAESOptions
+    options: CMAESOptions
+
+    def setup(self) -> None:
         self.archive: dict[Genome, float] = {}
         self.runs: list[Run] = []
         self.generations: list[Generation] = []
         self.turn = 0  # the run whose turn it is to open a generation
         self.stale = 0  # batches of samples in a row that brought nothing new
-
-    @classmethod
-    def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        return options_dict(parse_options(cls.name, CMAESOptions, config))
 
     # -- ask / tell / refresh ----------------------------------------------------------------------------
     def ask(self, n: int) -> list[Genome]:

@@ -23,8 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nasfleet.spaces.base import Genome, SearchSpace
-from nasfleet.strategies.base import Feasibility, Strategy, StrategyError, register_strategy
+from nasfleet.spaces.base import Genome
+from nasfleet.strategies.base import Strategy, StrategyError, register_strategy
 from nasfleet.strategies.common import (
     check_header,
     checked_fitness,
@@ -36,7 +36,7 @@ from nasfleet.strategies.common import (
     state_field,
     state_header,
 )
-from nasfleet.strategies.options import option, options_dict, parse_options, require
+from nasfleet.strategies.options import option, require
 
 
 @dataclass(frozen=True)
@@ -74,22 +74,12 @@ class RegularizedEvolution(Strategy):
 
     name = "evolution"
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        seed: int,
-        budget: int,
-        config: Mapping[str, Any] | None = None,
-        feasible: Feasibility | None = None,
-    ) -> None:
-        super().__init__(space, seed, budget, config, feasible)
-        self.options = EvolutionOptions(**self.config)
+    options_type = EvolutionOptions
+    options: EvolutionOptions
+
+    def setup(self) -> None:
         self.population: list[tuple[Genome, float]] = []  # oldest first
         self.initial_asked = 0
-
-    @classmethod
-    def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        return options_dict(parse_options(cls.name, EvolutionOptions, config))
 
     def ask(self, n: int) -> list[Genome]:
         return [self._propose() for _ in range(self.remaining(n))]

@@ -58,7 +58,7 @@ from deap.tools import crossover as deap_crossover
 from deap.tools import selection as deap_selection
 
 from nasfleet.spaces.base import Genome, SearchSpace, Segment
-from nasfleet.strategies.base import Feasibility, Strategy, StrategyError, register_strategy
+from nasfleet.strategies.base import Strategy, StrategyError, register_strategy
 from nasfleet.strategies.common import (
     checked_fitness,
     checked_tell,
@@ -71,7 +71,7 @@ from nasfleet.strategies.common import (
     state_field,
     state_header,
 )
-from nasfleet.strategies.options import option, options_dict, parse_options, require
+from nasfleet.strategies.options import option, require
 
 NOVELTY_ATTEMPTS = 20
 RATE_STEP = 1.25
@@ -259,27 +259,17 @@ class GeneticStrategy(Strategy):
 
     name = "ga"
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        seed: int,
-        budget: int,
-        config: Mapping[str, Any] | None = None,
-        feasible: Feasibility | None = None,
-    ) -> None:
-        super().__init__(space, seed, budget, config, feasible)
-        self.options = GAOptions(**self.config)
+    options_type = GAOptions
+    options: GAOptions
+
+    def setup(self) -> None:
         self.archive: dict[Genome, float] = {}
         self.population: list[Genome] = []
         self.children: list[Child] = []
         self.generation = 0
-        self.rates = [float(self.options.mutation_prob)] * len(space.segments)
+        self.rates = [float(self.options.mutation_prob)] * len(self.space.segments)
         self.best_arch: Genome | None = None
         self.stagnant = 0
-
-    @classmethod
-    def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        return options_dict(parse_options(cls.name, GAOptions, config))
 
     # -- ask / tell / refresh ----------------------------------------------------------------------------
     def ask(self, n: int) -> list[Genome]:

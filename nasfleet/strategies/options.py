@@ -7,7 +7,7 @@ a `StrategyError` naming the strategy, the option, the rule and the value receiv
 go in the dataclass's ``__post_init__`` and raise through `require`.
 
 Every option has a finite range before its own rule is checked: an ``int`` option lies in
-[-10**6, 10**6] (`MAX_INT_OPTION`) and a ``float`` option is 0 or has a magnitude in [1e-9, 1e6]
+[-10**6, 10**6] (`MAX_INT_OPTION`) and a ``float`` option is 0 or has a magnitude in [1e-300, 1e6]
 (`FLOAT_OPTION_MAGNITUDE`), so no strategy sizes a population by 10**100 or divides by 5e-324. A
 strategy's own rule (``option(..., check=...)``) can only narrow this.
 
@@ -18,19 +18,17 @@ Example::
         population_size: int = option(20, "an integer >= 2", lambda v: v >= 2)
 
     class MyStrategy(Strategy):
-        @classmethod
-        def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-            return options_dict(parse_options(cls.name, MyOptions, config))
+        options_type = MyOptions  # validated from the config, built as ``self.options``
+        options: MyOptions
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
-
-from nasfleet.strategies.base import StrategyError
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -39,12 +37,20 @@ OptionsT = TypeVar("OptionsT", bound="DataclassInstance")
 Scalar = int | float | bool
 _RULE, _CHECK = "nasfleet.rule", "nasfleet.check"
 MAX_INT_OPTION = 10**6
-FLOAT_OPTION_MAGNITUDE = (1e-9, 1e6)
+FLOAT_OPTION_MAGNITUDE = (1e-300, 1e6)  # no subnormals (5e-324), nothing that overflows when squared
 _TYPE_RULES: dict[object, str] = {
-    int: f"an integer in [{-MAX_INT_OPTION}, {MAX_INT_OPTION}]",
-    float: "0 or a number of magnitude in [1e-9, 1e6]",
+    int: "an integer",
+    float: "a finite number",
     bool: "a boolean (true or false)",
 }
+_RANGE_RULES: dict[object, str] = {
+    int: f"an integer in [{-MAX_INT_OPTION}, {MAX_INT_OPTION}]",
+    float: "0 or a number of magnitude in [1e-300, 1e6]",
+}
+
+
+class StrategyError(ValueError):
+    """A strategy that cannot be built or run: unknown name, invalid configuration or state."""
 
 
 def option(default: Scalar, rule: str = "", check: Callable[[Any], bool] | None = None) -> Any:
@@ -68,14 +74,13 @@ def _check_type(key: str, expected: object, value: object) -> Scalar:
     elif expected is int and isinstance(value, int):
         if -MAX_INT_OPTION <= value <= MAX_INT_OPTION:
             return value
-    elif expected is float and isinstance(value, int | float) and _float_in_range(value):
-        return float(value)
+        raise StrategyError(f"config option {key!r} must be {_RANGE_RULES[int]}, but got {value!r}")
+    elif expected is float and (isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))):
+        low, high = FLOAT_OPTION_MAGNITUDE
+        if value == 0 or low <= abs(value) <= high:
+            return float(value)
+        raise StrategyError(f"config option {key!r} must be {_RANGE_RULES[float]}, but got {value!r}")
     raise StrategyError(f"config option {key!r} must be {_TYPE_RULES[expected]}, but got {value!r}")
-
-
-def _float_in_range(value: float) -> bool:
-    low, high = FLOAT_OPTION_MAGNITUDE
-    return value == 0 or low <= abs(value) <= high  # NaN and infinities fail both
 
 
 def parse_options(strategy: str, options_type: type[OptionsT], config: Mapping[str, Any]) -> OptionsT:

@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nasfleet.spaces.base import Genome, SearchSpace
-from nasfleet.strategies.base import Feasibility, Strategy, register_strategy
+from nasfleet.spaces.base import Genome
+from nasfleet.strategies.base import Strategy, register_strategy
 from nasfleet.strategies.common import (
     check_header,
     checked_tell,
@@ -17,7 +17,7 @@ from nasfleet.strategies.common import (
     state_field,
     state_header,
 )
-from nasfleet.strategies.options import option, options_dict, parse_options
+from nasfleet.strategies.options import option
 
 
 @dataclass(frozen=True)
@@ -49,21 +49,11 @@ class RandomSearch(Strategy):
 
     name = "random"
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        seed: int,
-        budget: int,
-        config: Mapping[str, Any] | None = None,
-        feasible: Feasibility | None = None,
-    ) -> None:
-        super().__init__(space, seed, budget, config, feasible)
-        self.options = RandomOptions(**self.config)
-        self.seen: set[Genome] = set()
+    options_type = RandomOptions
+    options: RandomOptions
 
-    @classmethod
-    def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        return options_dict(parse_options(cls.name, RandomOptions, config))
+    def setup(self) -> None:
+        self.seen: set[Genome] = set()
 
     def ask(self, n: int) -> list[Genome]:
         archs = []

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nasfleet.spaces.base import Genome, SearchSpace
-from nasfleet.strategies import Feasibility, Strategy
+from nasfleet.spaces.base import Genome
+from nasfleet.strategies import Strategy
 from nasfleet.strategies.common import (
     check_header,
     checked_fitness,
@@ -23,7 +23,7 @@ from nasfleet.strategies.common import (
     state_field,
     state_header,
 )
-from nasfleet.strategies.options import option, options_dict, parse_options
+from nasfleet.strategies.options import option
 
 __all__ = ["HillClimb", "HillClimbOptions"]
 
@@ -50,21 +50,11 @@ class HillClimb(Strategy):
 
     name = "hillclimb"
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        seed: int,
-        budget: int,
-        config: Mapping[str, Any] | None = None,
-        feasible: Feasibility | None = None,
-    ) -> None:
-        super().__init__(space, seed, budget, config, feasible)
-        self.options = HillClimbOptions(**self.config)
-        self.archive: dict[Genome, float] = {}
+    options_type = HillClimbOptions
+    options: HillClimbOptions
 
-    @classmethod
-    def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        return options_dict(parse_options(cls.name, HillClimbOptions, config))
+    def setup(self) -> None:
+        self.archive: dict[Genome, float] = {}
 
     @property
     def incumbent(self) -> Genome | None:
