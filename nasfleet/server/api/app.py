@@ -73,9 +73,13 @@ OrchestratorState = Callable[[], Literal["running", "restarting", "off"]]
 
 
 def create_app(
-    registry: Registry, settings: ApiSettings | None = None, orchestrator: OrchestratorState | None = None
+    registry: Registry,
+    settings: ApiSettings | None = None,
+    orchestrator: OrchestratorState | None = None,
+    problems: Callable[[], list[str]] | None = None,
 ) -> FastAPI:
-    """The API over *registry*; *orchestrator* tells the health check whether jobs are being run."""
+    """The API over *registry*; *orchestrator* tells the health check whether jobs are being run, and
+    *problems* what keeps them from advancing (an unreachable broker, no live worker), one line each."""
     settings = settings or ApiSettings()
 
     @asynccontextmanager
@@ -93,6 +97,7 @@ def create_app(
     app.state.registry, app.state.settings = registry, settings
     app.state.submit_lock = threading.Lock()
     app.state.orchestrator = orchestrator or (lambda: "off")
+    app.state.problems = problems or list
     install_handlers(app)
     app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
@@ -133,8 +138,13 @@ def _own_job(registry: Registry, tenant: str, job_id: str) -> JobRecord:
 
 @router.get("/health", tags=["service"], operation_id="health")
 def health(request: Request) -> Health:
-    """Liveness, without authentication: whether this server runs an orchestrator."""
-    return Health(status="ok", orchestrator=request.app.state.orchestrator())
+    """Liveness, without authentication: whether this server runs an orchestrator, and "degraded" with the
+    reasons when jobs cannot advance (the orchestrator restarting, the broker unreachable, no live worker)."""
+    state = request.app.state.orchestrator()
+    problems = list(request.app.state.problems())
+    if state == "restarting":
+        problems.insert(0, "the orchestrator failed and is restarting (see the server's log)")
+    return Health(status="degraded" if problems else "ok", orchestrator=state, problems=problems)
 
 
 @router.get("/tenant", tags=["service"], operation_id="get_tenant", responses=responses())

@@ -320,5 +320,6 @@ class TenantOut(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"]
     orchestrator: Literal["running", "restarting", "off"]
+    problems: list[str] = Field(default_factory=list, description="Why jobs cannot advance, one line each")

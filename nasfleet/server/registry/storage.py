@@ -119,6 +119,11 @@ class Registry(WorkerBoard):
         self._read.dispose()
         self._write.dispose()
 
+    def forget_connections(self) -> None:
+        """Drop the pooled connections without closing them: in a forked child, they are the parent's."""
+        self._read.dispose(close=False)
+        self._write.dispose(close=False)
+
     def __enter__(self) -> Registry:
         return self
 
@@ -502,6 +507,8 @@ def _update_job_row(session: Session, job_id: str, changes: Mapping[str, Any]) -
     require(done <= row.budget, "evaluations_done", f"at most the job's budget {row.budget}", done)
     for name, value in changes.items():
         setattr(row, name, value)
+    if status in FINAL_JOB_STATUSES:
+        row.note = None  # nothing is awaited any more
     row.updated_at = utcnow()
     session.add(row)
     session.flush()
