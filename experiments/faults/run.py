@@ -42,6 +42,7 @@ Metrics (times from the fault instant; see README.md):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -296,10 +297,11 @@ def inject(fault: str, deployment: Deployment, servers: dict[str, Server], args:
             f"+{time.time() - at:.1f} s)"}  # fmt: skip
 
 
-def start_servers(mode: str, tracker: Tracker, root: Path, args: argparse.Namespace) -> dict[str, Server]:
-    servers: dict[str, Server] = {}
+def start_servers(mode: str, tracker: Tracker, root: Path, args: argparse.Namespace,
+                  servers: dict[str, Server]) -> None:  # fmt: skip
+    """Start *mode*'s private servers into *servers* (filled as they start: all are stopped on error)."""
     if mode == "embedded":
-        return servers
+        return
     servers["postgres"] = PostgresServer(tracker, root / "postgres", args.postgres_port)
     servers["postgres"].start()
     if mode == "redis":
@@ -307,7 +309,6 @@ def start_servers(mode: str, tracker: Tracker, root: Path, args: argparse.Namesp
     else:
         servers["rabbitmq"] = RabbitServer(tracker, root / "rabbitmq", args.rabbitmq_port)
     servers[mode].start()
-    return servers
 
 
 def run_cell(mode: str, fault: str, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
@@ -317,8 +318,9 @@ def run_cell(mode: str, fault: str, args: argparse.Namespace, logs: Path) -> dic
     cell: dict[str, Any] = {"mode": mode, "fault": fault, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     view: RegistryView | None = None
     deployment: Deployment | None = None
+    servers: dict[str, Server] = {}
     try:
-        servers = start_servers(mode, tracker, root, args)
+        start_servers(mode, tracker, root, args, servers)
         if mode == "embedded":
             broker = f"sqlite:///{root / 'state' / 'broker.sqlite'}"
             (root / "state").mkdir()
@@ -346,6 +348,13 @@ def run_cell(mode: str, fault: str, args: argparse.Namespace, logs: Path) -> dic
             cell["broker_file_bytes"] = (root / "state" / "broker.sqlite").stat().st_size
         if view is not None:
             view.close()
+        if deployment is not None:
+            for proc in (deployment.host, deployment.worker):
+                if proc is not None and proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+        for server in servers.values():
+            server.stop()
         cell["processes_killed_at_end"] = tracker.kill_all()
         keep_logs(root, logs / f"{mode}-{fault}")
         shutil.rmtree(root, ignore_errors=True)

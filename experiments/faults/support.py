@@ -45,6 +45,7 @@ class ProcInfo:
     ppid: int
     cmdline: str
     cpu_s: float  # user + system time so far
+    start: int  # clock ticks after boot: with the pid, names one process (pids are reused)
 
 
 def proc_info(pid: int) -> ProcInfo | None:
@@ -57,7 +58,7 @@ def proc_info(pid: int) -> ProcInfo | None:
     if fields[0] == "Z":
         return None  # a zombie is dead: only its parent's wait is missing
     ticks = int(fields[11]) + int(fields[12])
-    return ProcInfo(pid, int(fields[1]), cmdline.strip(), ticks / CLK_TCK)
+    return ProcInfo(pid, int(fields[1]), cmdline.strip(), ticks / CLK_TCK, int(fields[19]))
 
 
 def _has_mark(pid: int, needle: bytes) -> bool:
@@ -97,6 +98,9 @@ class Tracker:
     def __init__(self) -> None:
         self.token = uuid.uuid4().hex
         self.popens: list[subprocess.Popen[bytes]] = []
+        # Every (pid, start) ever seen marked: a server may later overwrite its environment with its
+        # process title (redis-server, PostgreSQL), so the mark alone cannot find it at the end.
+        self.seen: set[tuple[int, int]] = set()
         Tracker.live.append(self)
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -138,13 +142,25 @@ class Tracker:
                 info = proc_info(int(entry.name))
                 if info is not None:
                     found[info.pid] = info
+                    self.seen.add((info.pid, info.start))
         return found
 
+    def _seen_alive(self) -> list[int]:
+        return [
+            pid for pid, start in self.seen if (info := proc_info(pid)) is not None and info.start == start
+        ]
+
     def kill_all(self) -> int:
-        """SIGKILL every marked process (repeatedly: a dying parent may still fork); how many."""
+        """SIGKILL every process started here: each spawned one's process group, every process that
+        carries the mark or ever did (repeatedly: a dying parent may still fork); how many."""
         killed: set[int] = set()
+        for proc in self.popens:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                killed.add(proc.pid)
         for _ in range(20):
-            pids = [pid for pid in self.marked() if pid != os.getpid()]
+            pids = [pid for pid in {*self.marked(), *self._seen_alive()} if pid != os.getpid()]
             if not pids:
                 break
             for pid in pids:
@@ -237,6 +253,13 @@ class Server:
     def kill(self) -> None:
         raise NotImplementedError
 
+    def stop(self) -> None:
+        """Best effort, at the end of a cell (`Tracker.kill_all` follows)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
     def restart(self, down_s: float) -> None:
         self.kill()
         time.sleep(down_s)
@@ -313,6 +336,11 @@ class PostgresServer(Server):
     def kill(self) -> None:
         self.tracker.run(self._as_postgres("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop"),
                          self.log_path)  # fmt: skip
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            with contextlib.suppress(RuntimeError):
+                self.kill()
 
     def create_database(self, name: str) -> str:
         import psycopg
