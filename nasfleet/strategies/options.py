@@ -75,7 +75,9 @@ def _check_type(key: str, expected: object, value: object) -> Scalar:
         if -MAX_INT_OPTION <= value <= MAX_INT_OPTION:
             return value
         raise StrategyError(f"config option {key!r} must be {_RANGE_RULES[int]}, but got {value!r}")
-    elif expected is float and (isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))):
+    elif expected is float and (
+        isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+    ):
         low, high = FLOAT_OPTION_MAGNITUDE
         if value == 0 or low <= abs(value) <= high:
             return float(value)
