@@ -5,11 +5,16 @@ with a valid API key; each answer must be no 5xx, have a status the schema decla
 conforms to the declared schema and content type, and schema-breaking requests must be refused with a
 4xx. The app runs in process over ASGI on a registry of its own, with no orchestrator: jobs stay queued.
 Bounded: at most ``MAX_EXAMPLES`` cases per operation and generation mode, no shrinking, derandomized.
+
+Longer runs, and runs on PostgreSQL: ``NASFLEET_FUZZ_EXAMPLES`` sets ``MAX_EXAMPLES`` (50), and
+``NASFLEET_FUZZ_REGISTRY`` a registry URL to fuzz instead of a temporary SQLite file (an empty database,
+e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/fuzz``; its rows are kept).
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,7 +34,7 @@ from schemathesis.checks import (
 from nasfleet.server.api import ApiSettings, create_app
 from nasfleet.server.registry import Registry
 
-MAX_EXAMPLES = 50
+MAX_EXAMPLES = int(os.environ.get("NASFLEET_FUZZ_EXAMPLES", "50"))
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -41,8 +46,8 @@ CHECKS = [
 
 
 _STATE = Path(tempfile.mkdtemp(prefix="nasfleet-api-fuzz-"))
-_REGISTRY = Registry(f"sqlite:///{_STATE / 'registry.sqlite'}")
-_REGISTRY.create_tenant("fuzz")
+_REGISTRY = Registry(os.environ.get("NASFLEET_FUZZ_REGISTRY") or f"sqlite:///{_STATE / 'registry.sqlite'}")
+_REGISTRY.create_tenant("fuzz", exist_ok=True)
 HEADERS = {"Authorization": f"Bearer {_REGISTRY.create_api_key('fuzz')}"}
 APP = create_app(_REGISTRY, ApiSettings(max_body_bytes=2**18, max_active_jobs=10_000))
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)

@@ -25,6 +25,8 @@ import anyio
 import httpx
 import pytest
 import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nasfleet.server.api import ApiSettings, create_app
 from nasfleet.server.api import gate as gate_module
@@ -294,6 +296,43 @@ def test_valid_json_that_breaks_the_schema_is_still_422(api: Api) -> None:
         assert too_big.status_code == 422 and too_big.json()["fields"][0]["field"] == "budget"
         array = client.post("/v1/jobs", json=[1, 2])
         assert array.status_code == 422 and array.json()["fields"][0]["field"] == "body"
+
+
+# -- anything else: no 5xx ----------------------------------------------------------------------------------
+ROUTES = ["GET /v1/jobs/{}", "GET /v1/jobs/{}/result", "POST /v1/jobs/{}/cancel", "POST /v1/jobs/{}/reports",
+          "GET /v1/jobs/{}/reports", "POST /v1/jobs", "GET /v1/tenant", "GET /v1/devices"]  # fmt: skip
+CONTENT_TYPES = [None, "application/json", "text/plain", "application/json; charset=latin-1", ";", "\x00"]
+
+
+def test_raw_bytes_ids_media_types_and_keys_never_get_a_5xx(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = _done_job(api, "acme")
+    key = api.keys["acme"]
+    names = st.text(max_size=40).filter(lambda t: t and "/" not in t)
+    bodies = st.one_of(
+        st.binary(max_size=200),
+        st.sampled_from([b for b, _ in MALFORMED.values()]),
+        st.dictionaries(
+            st.sampled_from([*REPORT, *BODY]), st.none() | st.integers() | st.floats() | st.text(max_size=8)
+        ).map(lambda d: json.dumps({**REPORT, **d}).encode()),
+    )
+    keys = st.sampled_from([key, "", "nfk_\x00_x", f"{key}\x00", "nfk__", f"nfk_{'0' * 16}_", "nfk_\u00e9_x"])
+    answers: list[tuple[str, int]] = []
+
+    @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(ROUTES), st.just(job) | names, bodies, st.sampled_from(CONTENT_TYPES), keys)
+    def one(route: str, job_id: str, body: bytes, content_type: str | None, key: str) -> None:
+        method, path = route.split(" ")
+        headers = {"x-api-key": key, **({} if content_type is None else {"content-type": content_type})}
+        status, _ = anyio.run(_asgi, api.app, method, path.format(job_id), headers, body)
+        answers.append((route, status))
+        assert status < 500, (route, job_id, body[:100], content_type, key)
+
+    with caplog.at_level(logging.INFO):
+        one()
+    assert {status for _, status in answers} >= {200, 401, 404, 415}  # the cases reached the routes
+    assert _errors(caplog) == []
 
 
 # -- report ids and notes ------------------------------------------------------------------------------------
