@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import shlex
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -17,13 +14,35 @@ import numpy as np
 import typer
 
 import nasfleet.proxies  # noqa: F401 - importing the package fills the proxy and aggregate registries
+from nasfleet.cli_options import (
+    DEFAULT_REGISTRY,
+    MAX_ARCHS,
+    MAX_BATCH_SIZE,
+    MAX_BUDGET,
+    MAX_CLASSES,
+    MAX_COUNT,
+    MAX_SKETCH_RANK,
+    BatchSizeOption,
+    DataOption,
+    DeviceOption,
+    ProxiesOption,
+    RegistryOption,
+    SeedOption,
+    ServiceBrokerOption,
+    ServiceWorkersOption,
+    SpaceOption,
+    UnlabeledOption,
+    WorkersOption,
+    finite,
+)  # fmt: skip
+from nasfleet.outputs import check_output, check_output_directory, write_csv, write_output
 from nasfleet.proxies.base import ProxyError
-from nasfleet.proxies.engine import DEVICES, add_aggregates, check_device, expand_names, score_archs
+from nasfleet.proxies.engine import add_aggregates, check_device, expand_names, score_archs
 from nasfleet.proxies.probe import ProbeBatch
 from nasfleet.server.api.cli import serve, tenants_app
 from nasfleet.server.registry.cli import registry_app
 from nasfleet.server.worker_cli import orchestrate, worker
-from nasfleet.spaces import SPACES, ArchitectureError, Genome, InputShape, SearchSpace, get_space
+from nasfleet.spaces import ArchitectureError, Genome, InputShape, SearchSpace, get_space
 from nasfleet.spaces.base import check_input_shape
 
 if TYPE_CHECKING:
@@ -41,27 +60,6 @@ bench_app = typer.Typer(
     help="Benchmark proxies against ground truth: rank correlation and cost.", no_args_is_help=True
 )
 app.add_typer(bench_app, name="bench")
-
-SpaceOption = Annotated[str, typer.Option("--space", help=f"Search space: {', '.join(sorted(SPACES))}.")]
-SeedOption = Annotated[int, typer.Option("--seed", help="Random seed; equal seeds give equal results.")]
-DataOption = Annotated[
-    str, typer.Option("--data", help="Probe data: synthetic[:N] | digits | cifar10[:DIR] (train split).")
-]
-BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=2, help="Probe mini-batch size.")]
-ProxiesOption = Annotated[
-    str,
-    typer.Option(
-        "--proxies",
-        help="Comma-separated proxies and aggregates (an aggregate brings its input proxies), or 'all'.",
-    ),
-]
-UnlabeledOption = Annotated[
-    bool, typer.Option("--unlabeled", help="Probe without labels (alpha = 0): label-free proxies only.")
-]
-DeviceOption = Annotated[str, typer.Option("--device", help=f"Where to run: {' | '.join(DEVICES)}.")]
-WorkersOption = Annotated[
-    int, typer.Option("--workers", min=1, help="Scoring processes (one thread each); results do not change.")
-]
 
 
 def _space(name: str) -> SearchSpace:
@@ -98,25 +96,10 @@ def read_archs(space: SearchSpace, path: Path) -> Iterator[tuple[str, Genome]]:
             raise typer.BadParameter(f"line {number}: {error}", param_hint="--archs") from None
 
 
-def write_csv_atomically(path: Path, header: list[str], rows: list[list[object]]) -> None:
-    """Write a CSV so that a reader sees either the old file or the complete new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            writer = csv.writer(stream)
-            writer.writerow(header)
-            writer.writerows(rows)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 @space_app.command("sample")
 def space_sample(
     space: SpaceOption = "nb201",
-    n: Annotated[int, typer.Option("--n", min=1, help="How many architectures.")] = 10,
+    n: Annotated[int, typer.Option("--n", min=1, max=MAX_ARCHS, help="How many architectures.")] = 10,
     seed: SeedOption = 0,
 ) -> None:
     """Print N random architectures as canonical strings, one a line."""
@@ -141,11 +124,14 @@ def space_cost(
     archs: Annotated[Path, typer.Option("--archs", help="File of arch strings, one a line ('-' for stdin).")],
     out: Annotated[Path, typer.Option("--out", help="CSV to write: arch,params,flops.")],
     space: SpaceOption = "nb201",
-    num_classes: Annotated[int, typer.Option("--num-classes", min=2, help="Classifier outputs.")] = 10,
+    num_classes: Annotated[
+        int, typer.Option("--num-classes", min=2, max=MAX_CLASSES, help="Classifier outputs.")
+    ] = 10,
     input_shape: Annotated[str, typer.Option("--input-shape", help="Input C,H,W.")] = "3,32,32",
 ) -> None:
     """Exact parameters and FLOPs (multiply-accumulates, NAS-Bench-201 API convention) of each arch."""
     search_space, shape = _space(space), parse_input_shape(input_shape)
+    check_output(out)
     if str(archs) != "-" and not archs.is_file():
         raise typer.BadParameter(f"no such file: {archs}", param_hint="--archs")
     rows: list[list[object]] = []
@@ -155,8 +141,8 @@ def space_cost(
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--input-shape") from None
         rows.append([text, cost.params, cost.flops])
-    write_csv_atomically(out, ["arch", "params", "flops"], rows)
-    typer.echo(f"wrote {len(rows)} rows to {out}", err=True)
+    where = write_csv(out, ["arch", "params", "flops"], rows)
+    typer.echo(f"wrote {len(rows)} rows to {where}", err=True)
 
 
 def _expand(proxies: str, labeled: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -228,6 +214,7 @@ def score(
     """
     search_space, labeled = _space(space), not unlabeled
     proxy_names, aggregate_names = _expand(proxies, labeled)
+    check_output(out)
     if str(archs) != "-" and not archs.is_file():
         raise typer.BadParameter(f"no such file: {archs}", param_hint="--archs")
     genomes = [genome for _, genome in read_archs(search_space, archs)]
@@ -242,8 +229,8 @@ def score(
     except ProxyError as error:
         raise click.ClickException(f"scoring failed, nothing written: {error}") from None
     header, rows = table.rows(aggregates)
-    write_csv_atomically(out, header, rows)
-    typer.echo(f"wrote {len(rows)} rows to {out}", err=True)
+    where = write_csv(out, header, rows)
+    typer.echo(f"wrote {len(rows)} rows to {where}", err=True)
 
 
 @bench_app.command("correlation")
@@ -261,7 +248,9 @@ def bench_correlation(
     column: Annotated[
         str, typer.Option("--column", help="Accuracy column to rank against.")
     ] = "cifar10_test",
-    sample: Annotated[int, typer.Option("--sample", min=3, help="Architectures to draw (seeded).")] = 200,
+    sample: Annotated[
+        int, typer.Option("--sample", min=3, max=MAX_ARCHS, help="Architectures to draw (seeded).")
+    ] = 200,
     space: SpaceOption = "nb201",
     data: DataOption = "cifar10",
     batch_size: BatchSizeOption = 64,
@@ -271,7 +260,7 @@ def bench_correlation(
     device: DeviceOption = "cpu",
     workers: WorkersOption = 1,
     timing_sample: Annotated[
-        int, typer.Option("--timing-sample", min=1, help="Archs on which each proxy is timed alone.")
+        int, typer.Option("--timing-sample", min=1, max=1000, help="Archs each proxy is timed alone on.")
     ] = 5,
 ) -> None:
     """Spearman and Kendall correlation of proxies with ground-truth accuracy, cost per arch, plots.
@@ -286,6 +275,7 @@ def bench_correlation(
         raise typer.BadParameter(f"no such file: {truth}", param_hint="--ground-truth")
     labeled = not unlabeled
     _expand(proxies, labeled)
+    check_output_directory(out)
     run = CorrelationRun(
         _space(space), truth, column, sample, seed, data, _probe_batch(data, batch_size, seed, labeled),
         proxies, labeled, _device(device), workers, timing_sample, _command_line(ctx, ground_truth=truth),
@@ -298,19 +288,6 @@ def bench_correlation(
         raise typer.BadParameter(str(error)) from None
     best = report["results"][0]
     typer.echo(f"wrote {out}; best {column} Spearman: {best['name']} {best['spearman']}", err=True)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write a text file so that a reader sees either the old file or the complete new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _strategy_options(text: str) -> dict[str, object]:
@@ -360,32 +337,6 @@ def _search_summary(result: SearchResult) -> str:
 
 
 CONSTRAINT_HINT = "--max-params / --max-flops"
-DEFAULT_REGISTRY = "sqlite:///nasfleet-registry.db"
-RegistryOption = Annotated[
-    str,
-    typer.Option(
-        "--registry",
-        envvar="NASFLEET_REGISTRY",
-        help="Registry URL: sqlite:///FILE or postgresql+psycopg://...",
-    ),
-]
-ServiceBrokerOption = Annotated[
-    str,
-    typer.Option(
-        "--broker",
-        envvar="NASFLEET_BROKER",
-        help="Celery broker: none for the embedded mode (SQLite, no server) | redis://HOST:PORT/DB | amqp://...",
-    ),
-]
-ServiceWorkersOption = Annotated[
-    int,
-    typer.Option(
-        "--workers",
-        min=0,
-        help="Local Celery worker processes (one torch thread each): at least 1 embedded; with --broker, "
-        "0 leaves the scoring to `nasfleet worker`s started elsewhere. Results do not change.",
-    ),
-]
 
 
 def _check_service(broker: str, registry: str, workers: int) -> None:
@@ -414,18 +365,20 @@ def search(
     strategy: Annotated[
         str, typer.Option("--strategy", help="Search strategy (see `nasfleet strategies list`).")
     ],
-    budget: Annotated[int, typer.Option("--budget", min=1, help="Architectures to evaluate.")],
+    budget: Annotated[
+        int, typer.Option("--budget", min=1, max=MAX_BUDGET, help="Architectures to evaluate.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="JSON to write: best SubNet, history, timing, state.")],
     space: SpaceOption = "nb201",
     seed: SeedOption = 0,
     data: DataOption = "synthetic",
     batch_size: BatchSizeOption = 64,
-    ask: Annotated[int, typer.Option("--ask", min=1, help="Architectures asked per step.")] = 8,
+    ask: Annotated[int, typer.Option("--ask", min=1, max=256, help="Architectures asked per step.")] = 8,
     max_params: Annotated[
-        int | None, typer.Option("--max-params", min=1, help="Largest parameter count allowed.")
+        int | None, typer.Option("--max-params", min=1, max=MAX_COUNT, help="Largest parameter count.")
     ] = None,
     max_flops: Annotated[
-        int | None, typer.Option("--max-flops", min=1, help="Largest FLOP (MAC) count allowed.")
+        int | None, typer.Option("--max-flops", min=1, max=MAX_COUNT, help="Largest FLOP (MAC) count.")
     ] = None,
     unlabeled: UnlabeledOption = False,
     strategy_config: Annotated[
@@ -464,6 +417,7 @@ def search(
     search_space, labeled = _space(space), not unlabeled
     options = _strategy_options(strategy_config)
     _check_strategy_name(strategy)
+    check_output(out)
     config = _search_config(
         space=space, strategy=strategy, budget=budget, seed=seed, ask_size=ask, strategy_config=options,
         labeled=labeled, aggregate=aggregate, max_params=max_params, max_flops=max_flops,
@@ -499,13 +453,15 @@ def search(
         ) from None
     command = _command_line(ctx, registry=_redacted(registry), broker=_redacted(broker) or None)
     payload = {**done.result.to_dict(), "data": data, "command": command, "service": done.service}
-    write_text_atomically(out, json.dumps(payload, indent=2) + "\n")
-    typer.echo(f"wrote {out}; {_search_summary(done.result)}", err=True)
+    where = write_output(out, json.dumps(payload, indent=2) + "\n")
+    typer.echo(f"wrote {where}; {_search_summary(done.result)}", err=True)
 
 
 @app.command()
 def simulate(
-    clients: Annotated[int, typer.Option("--clients", min=1, help="Number of simulated edge devices.")] = 4,
+    clients: Annotated[
+        int, typer.Option("--clients", min=1, max=1000, help="Number of simulated edge devices.")
+    ] = 4,
     dataset: Annotated[
         str, typer.Option("--dataset", help="digits | synthetic[:N] | cifar10[:DIR]")
     ] = "digits",
@@ -516,21 +472,26 @@ def simulate(
     strategy: Annotated[
         str, typer.Option("--strategy", help="Search strategy of every device.")
     ] = "evolution",
-    budget: Annotated[int, typer.Option("--budget", min=1, help="Evaluations per device search.")] = 24,
+    budget: Annotated[
+        int, typer.Option("--budget", min=1, max=MAX_BUDGET, help="Evaluations per device search.")
+    ] = 24,
     epsilon: Annotated[
-        float | None, typer.Option("--epsilon", min=1e-6, help="DP epsilon of the characteristics sketches.")
+        float | None,
+        typer.Option("--epsilon", min=1e-6, max=1e6, callback=finite, help="DP epsilon of the sketches."),
     ] = None,
     sketch_rank: Annotated[
-        int | None, typer.Option("--sketch-rank", min=1, help="Covariance sketch rank.")
+        int | None, typer.Option("--sketch-rank", min=1, max=MAX_SKETCH_RANK, help="Covariance sketch rank.")
     ] = None,
     no_sketches: Annotated[
         bool, typer.Option("--no-sketches", help="Devices opt out of sending sketches.")
     ] = False,
     unlabeled: UnlabeledOption = False,
     probe_batch: Annotated[
-        int, typer.Option("--probe-batch", min=2, help="Synthetic probe batch size.")
+        int, typer.Option("--probe-batch", min=2, max=MAX_BATCH_SIZE, help="Synthetic probe batch size.")
     ] = 32,
-    train_epochs: Annotated[int, typer.Option("--train-epochs", min=1, help="Local training epochs.")] = 2,
+    train_epochs: Annotated[
+        int, typer.Option("--train-epochs", min=1, max=1000, help="Local training epochs.")
+    ] = 2,
     shared_baseline: Annotated[
         bool,
         typer.Option("--shared-baseline", help="Also train one shared arch (tightest limits) per device."),

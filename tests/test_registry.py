@@ -524,6 +524,7 @@ def test_cli_show_and_its_errors(tmp_path: Path) -> None:
 def test_cli_exports_json_atomically(tmp_path: Path) -> None:
     url, job = _filled(tmp_path)
     out = tmp_path / "out" / "registry.json"
+    out.parent.mkdir()  # an output's directory must exist (tests/test_outputs.py)
     code, output = _cli("export", "--registry", url, "--format", "json", "--out", str(out))
     assert code == 0, output
     data = json.loads(out.read_text())

@@ -8,8 +8,6 @@ create a registry, and a SQLite file that does not exist is an error.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +20,7 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from nasfleet.outputs import check_output, write_output
 from nasfleet.server.registry.models import JobRecord, RegistryError, ReportRecord
 from nasfleet.server.registry.storage import DEFAULT_URL, Registry
 
@@ -180,28 +179,15 @@ def export_command(
     export_format: Annotated[
         str, typer.Option("--format", click_type=click.Choice(["json"]), help="Output format.")
     ] = "json",
-    out: Annotated[Path | None, typer.Option("--out", help="Write here (atomically), not to stdout.")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Write here ('-': stdout); a regular file is replaced atomically.")
+    ] = Path("-"),
 ) -> None:
     """Export everything but the evaluation cache and API key secrets, as one JSON document."""
+    check_output(out)
     with open_registry(registry) as opened:
         data = opened.export()
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    if out is None:
-        typer.echo(text, nl=False)
-        return
-    _write_atomically(out, text)
-    counts = ", ".join(f"{len(data[name])} {name}" for name in ("tenants", "jobs", "evaluations", "reports"))
-    typer.echo(f"wrote {out}: {counts}", err=True)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write *path* so that a reader sees the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    where = write_output(out, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    if where != "stdout":
+        counts = ", ".join(f"{len(data[n])} {n}" for n in ("tenants", "jobs", "evaluations", "reports"))
+        typer.echo(f"wrote {where}: {counts}", err=True)
