@@ -7,7 +7,10 @@ to whatever ``nasfleet worker``s run elsewhere (0: remote only). Unless ``--no-o
 the submitted jobs too (one orchestrator per registry: give further API servers ``--no-orchestrate``).
 
 ``nasfleet tenants create NAME`` prints the new tenant's API key on stdout, once; the registry keeps only
-a salted hash of it.
+a salted hash of it. With ``--key-file PATH`` the key goes to a new file instead (mode 0600), which is
+created before the tenant, only if nothing is at PATH: a key file is never overwritten, so running the
+command twice cannot lose the only copy of a key (as ``> acme.key`` would: the shell empties the file
+before the command fails).
 """
 
 from __future__ import annotations
@@ -15,15 +18,18 @@ from __future__ import annotations
 import json
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from nasfleet.clients.messages import MAX_SKETCH_VALUES
+from nasfleet.outputs import ExclusiveFile
 from nasfleet.server.api.app import ApiSettings, create_app
-from nasfleet.server.api.runner import running_service
+from nasfleet.server.api.runner import ServiceProblems, running_service
+from nasfleet.server.api.schemas import MAX_BUDGET
 from nasfleet.server.api.validation import Limits
 from nasfleet.server.celery_app import DEFAULT_BROKER_URL, DEFAULT_QUEUE, CelerySettings, SettingsError
 from nasfleet.server.orchestrator import FairShare
@@ -35,6 +41,15 @@ from nasfleet.server.worker_cli import BrokerOption, ConcurrencyOption, QueueOpt
 
 tenants_app = typer.Typer(help="Tenants of the HTTP API and their API keys.", no_args_is_help=True)
 
+MAX_PROCESSES = 256
+KeyFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--key-file",
+        help="Write the key to this new file (mode 0600), not stdout; an existing file is never overwritten.",
+    ),
+]
+
 
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
@@ -43,27 +58,49 @@ def serve(
     registry: RegistryOption = DEFAULT_URL,
     queue: QueueOption = DEFAULT_QUEUE,
     local_workers: Annotated[
-        int, typer.Option("--local-workers", min=0, help="Worker processes to start here (0: remote only).")
+        int,
+        typer.Option(
+            "--local-workers",
+            min=0,
+            max=MAX_PROCESSES,
+            help="Worker processes to start here (0: remote only).",
+        ),
     ] = 1,
     concurrency: ConcurrencyOption = 1,
     orchestrate: Annotated[
         bool, typer.Option("--orchestrate/--no-orchestrate", help="Run the submitted jobs in this server.")
     ] = True,
     max_jobs_per_tenant: Annotated[
-        int, typer.Option("--max-jobs-per-tenant", min=1, help="Jobs of one tenant searched at once.")
+        int,
+        typer.Option("--max-jobs-per-tenant", min=1, max=10_000, help="Jobs of one tenant searched at once."),
     ] = 4,
-    max_in_flight: Annotated[int, typer.Option("--max-in-flight", min=1, help="Archs sent, unanswered.")] = 8,
-    max_active_jobs: Annotated[
-        int, typer.Option("--max-active-jobs", min=1, help="Unfinished jobs per tenant; one more is a 429.")
+    max_in_flight: Annotated[
+        int, typer.Option("--max-in-flight", min=1, max=100_000, help="Archs sent, unanswered.")
     ] = 8,
-    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1024, help="Larger bodies: 413.")] = (
-        8 * 2**20
-    ),
-    max_budget: Annotated[int, typer.Option("--max-budget", min=1, help="Largest budget of a job.")] = 10_000,
+    max_active_jobs: Annotated[
+        int,
+        typer.Option(
+            "--max-active-jobs", min=1, max=100_000, help="Unfinished jobs per tenant; one more is a 429."
+        ),
+    ] = 8,
+    max_body_bytes: Annotated[
+        int, typer.Option("--max-body-bytes", min=1024, max=2**30, help="Larger bodies: 413.")
+    ] = 8 * 2**20,
+    max_budget: Annotated[
+        int, typer.Option("--max-budget", min=1, max=MAX_BUDGET, help="Largest budget of a job.")
+    ] = 10_000,
     max_sketch_values: Annotated[
-        int, typer.Option("--max-sketch-values", min=1, help="Values in a request's sketch arrays, at most.")
+        int,
+        typer.Option(
+            "--max-sketch-values",
+            min=1,
+            max=MAX_SKETCH_VALUES,
+            help="Values in a request's sketch arrays, at most.",
+        ),
     ] = 1_000_000,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="Threads serving requests.")] = 40,
+    threads: Annotated[
+        int, typer.Option("--threads", min=1, max=1000, help="Threads serving requests.")
+    ] = 40,
     state_dir: Annotated[Path, typer.Option("--state-dir", help="Local workers' logs.")] = Path(".nasfleet"),
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
 ) -> None:
@@ -80,10 +117,11 @@ def serve(
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         with (
-            running_service(settings, state_dir, options, orchestrate=orchestrate) as (_service, loop),
+            running_service(settings, state_dir, options, orchestrate=orchestrate) as (service, loop),
             Registry(settings.registry) as store,  # the API's own connections: load never starves the loop
         ):
-            app = create_app(store, api, (lambda: loop.state) if loop is not None else None)
+            state = (lambda: loop.state) if loop is not None else None
+            app = create_app(store, api, state, ServiceProblems(service))
             mode = "embedded" if settings.embedded else "distributed"
             typer.echo(f"nasfleet serve: http://{host}:{port} ({mode} mode, orchestrator "
                        f"{'on' if loop else 'off'})", err=True)  # fmt: skip
@@ -116,32 +154,55 @@ def tenants_create(
     name: Annotated[str, typer.Argument(help="Tenant name: 1-64 characters of [A-Za-z0-9_.-].")],
     registry: TenantRegistryOption = DEFAULT_URL,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Add a key if the tenant exists.")] = False,
+    key_file: KeyFileOption = None,
 ) -> None:
-    """Create a tenant and an API key for it; the key is printed once (stdout) and stored hashed."""
+    """Create a tenant and an API key for it: handed out once (stdout, or --key-file), stored hashed."""
+
+    def create(store: Registry) -> str:
+        store.create_tenant(name, exist_ok=exist_ok)
+        return store.create_api_key(name)
+
+    _issue_key(name, lambda: Registry(registry), create, key_file)
+
+
+def _issue_key(
+    name: str, opened: Callable[[], Registry], create: Callable[[Registry], str], key_file: Path | None
+) -> None:
+    """Create a key with *create* and hand it out once: into a new *key_file* (made first), else stdout."""
+    target = ExclusiveFile(key_file, "--key-file") if key_file is not None else None
     try:
-        with Registry(registry) as store:
-            store.create_tenant(name, exist_ok=exist_ok)
-            key = store.create_api_key(name)
-    except RegistryError as error:
-        raise typer.BadParameter(str(error)) from None
-    typer.echo(f"tenant {name!r}: API key shown once below; only its hash is stored", err=True)
-    typer.echo(key)
+        with opened() as store:
+            key = create(store)
+    except BaseException as error:
+        if target is not None:
+            target.discard()
+        if isinstance(error, RegistryError):
+            raise typer.BadParameter(str(error)) from None
+        raise
+    if target is None:
+        typer.echo(f"tenant {name!r}: API key shown once below; only its hash is stored", err=True)
+        typer.echo(key)
+        return
+    target.write(key + "\n")
+    typer.echo(
+        f"tenant {name!r}: API key written to {key_file} (mode 0600); only its hash is stored", err=True
+    )
 
 
 @tenants_app.command("add-key")
 def tenants_add_key(
     name: Annotated[str, typer.Argument(help="An existing tenant.")],
     registry: TenantRegistryOption = DEFAULT_URL,
+    key_file: KeyFileOption = None,
 ) -> None:
-    """Create one more API key for an existing tenant (e.g. to rotate keys); printed once (stdout)."""
-    try:
-        with open_registry(registry) as store:
-            if store.get_tenant(name) is None:
-                raise RegistryError(f"tenant must be a registered tenant name, but got {name!r}")
-            key = store.create_api_key(name)
-    except RegistryError as error:
-        raise typer.BadParameter(str(error)) from None
-    typer.echo(key)
+    """One more API key for an existing tenant (e.g. to rotate keys): once, on stdout or in --key-file."""
+
+    def create(store: Registry) -> str:
+        if store.get_tenant(name) is None:
+            raise RegistryError(f"tenant must be a registered tenant name, but got {name!r}")
+        return store.create_api_key(name)
+
+    _issue_key(name, lambda: open_registry(registry), create, key_file)
 
 
 @tenants_app.command("list")
