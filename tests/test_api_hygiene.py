@@ -242,6 +242,8 @@ def test_a_body_of_another_media_type_gets_415(api: Api, content_type: str) -> N
             assert content_type in problem["message"]
         assert client.get("/v1/jobs").json()["total"] == 1  # nothing was stored
         assert client.get(f"/v1/jobs/{job}/reports").json()["reports"] == []
+    headers = {"x-api-key": api.keys["acme"], "content-type": content_type}
+    assert anyio.run(_asgi, api.app, "POST", "/v1/jobs", headers, json.dumps(BODY).encode()) == (415, 0)
 
 
 def test_json_media_types_are_accepted_and_none_is_refused(api: Api) -> None:
