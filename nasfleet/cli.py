@@ -122,7 +122,7 @@ def space_enumerate(space: SpaceOption = "nb201") -> None:
 @space_app.command("cost")
 def space_cost(
     archs: Annotated[Path, typer.Option("--archs", help="File of arch strings, one a line ('-' for stdin).")],
-    out: Annotated[Path, typer.Option("--out", help="CSV to write: arch,params,flops.")],
+    out: Annotated[Path, typer.Option("--out", help="CSV to write (- for stdout): arch,params,flops.")],
     space: SpaceOption = "nb201",
     num_classes: Annotated[
         int, typer.Option("--num-classes", min=2, max=MAX_CLASSES, help="Classifier outputs.")
@@ -196,7 +196,7 @@ def _command_line(ctx: typer.Context, **resolved: object) -> str:
 def score(
     archs: Annotated[Path, typer.Option("--archs", help="File of arch strings, one a line ('-' for stdin).")],
     out: Annotated[
-        Path, typer.Option("--out", help="CSV to write: arch, raw proxy values, aggregates, seconds.")
+        Path, typer.Option("--out", help="CSV (- for stdout): arch, raw proxy values, aggregates, seconds.")
     ],
     space: SpaceOption = "nb201",
     data: DataOption = "synthetic",
@@ -368,7 +368,9 @@ def search(
     budget: Annotated[
         int, typer.Option("--budget", min=1, max=MAX_BUDGET, help="Architectures to evaluate.")
     ],
-    out: Annotated[Path, typer.Option("--out", help="JSON to write: best SubNet, history, timing, state.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="JSON (- for stdout): best SubNet, history, timing, state.")
+    ],
     space: SpaceOption = "nb201",
     seed: SeedOption = 0,
     data: DataOption = "synthetic",

@@ -10,7 +10,7 @@ Where ``write_output`` writes, by what the path names (symbolic links followed o
 - A regular file, or a path that does not exist yet: replaced atomically (a temporary file in the same
   directory, fsynced, then ``os.replace``), so a reader sees the old file or the whole new one. A new
   file gets the mode the umask gives (``0o666 & ~umask``); an existing file keeps its mode (and its
-  owner, where the process may set it).
+  owner, where the process may set it). Replacing gives a new inode: other hard links keep the old data.
 - A symbolic link to a regular file (or to a path that does not exist yet): its target is replaced
   atomically as above; the link stays a link.
 - A directory, a block device or a socket: refused.
@@ -91,15 +91,20 @@ def resolve_output(path: Path, option: str = "--out") -> OutputTarget:
     """Where and how writing *path* will go; an ``OutputError`` now if it would be refused."""
     if str(path) == "-":
         return OutputTarget("stdout", path)
+    try:
+        return _resolve(path, option)
+    except OSError as error:
+        raise OutputError(f"{option}: cannot write {path}: {error.strerror or error}") from None
+
+
+def _resolve(path: Path, option: str) -> OutputTarget:
     target = path
     for _ in range(MAX_LINK_HOPS):
         fd = _descriptor(target, option)
         if fd is not None:
             return OutputTarget("descriptor", target, fd)
         if str(target).startswith("/proc/") and target.exists():
-            return OutputTarget(
-                "in_place", target
-            )  # another process's descriptor: open it, as the shell would
+            return OutputTarget("in_place", target)  # e.g. another process's descriptor: as the shell would
         if not target.is_symlink():
             break
         link = Path(os.readlink(target))

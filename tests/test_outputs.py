@@ -288,9 +288,14 @@ def _link_below_a_file(path: Path) -> None:
     path.symlink_to(path.parent / "file" / "inner")
 
 
+def _link_loop(path: Path) -> None:
+    path.symlink_to(path.name)
+
+
 @pytest.mark.parametrize(
     ("make", "rule"),
     [
+        (_link_loop, "too many levels of symbolic links"),
         (_directory, "must be a file, a character device or a FIFO, but .* is a directory"),
         (_link_to_a_directory, "must be a file, a character device or a FIFO, but .* is a directory"),
         (_link_below_a_file, "directory .*file is not a directory"),
@@ -306,6 +311,13 @@ def test_refused_targets_name_the_option_and_are_left_alone(
         write_output(path, "data", "--result")
     assert caught.value.exit_code == 2
     assert sorted((p.name, p.is_symlink()) for p in tmp_path.iterdir()) == before
+
+
+def test_a_dangling_link_gets_its_target_created_and_stays_a_link(tmp_path: Path) -> None:
+    link = tmp_path / "latest.json"
+    link.symlink_to("run-1.json")
+    assert write_output(link, "{}\n") == str(link)
+    assert link.is_symlink() and (tmp_path / "run-1.json").read_text() == "{}\n"
 
 
 def test_a_failed_replace_leaves_the_old_file_and_no_temporary(
