@@ -192,9 +192,9 @@ def fuzz(base: str, key: str, tally: Tally, deadline: float, examples: int) -> d
         tally.answer(where, response.status_code, request, response.text)
         try:
             case.validate_response(response, checks=all_checks, headers=headers)
-        except AssertionError as error:
-            tally.check_failed(error)
-        except Exception as error:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as error:  # schemathesis raises a FailureGroup (a BaseExceptionGroup)
             tally.check_failed(error)
         return response
 
@@ -212,6 +212,8 @@ def fuzz(base: str, key: str, tally: Tally, deadline: float, examples: int) -> d
                               call)  # fmt: skip
                 except HypothesisException as error:  # e.g. no examples can be generated
                     tally.problems[f"hypothesis: {type(error).__name__}"] += 1
+                except Exception as error:  # anything else of the generator: counted, the run goes on
+                    tally.problems[f"generator: {type(error).__name__}"] += 1
         if time.time() < deadline:
             stateful(schema, tally, call, deadline, examples, rounds)
     return rounds
