@@ -276,8 +276,9 @@ def inject(fault: str, deployment: Deployment, servers: dict[str, Server], args:
                 if alive(pid):
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
+        left = [pid for pid in children if pid not in killed]
         return {"at": at, "what": f"SIGKILL worker main {main}, then its pool processes {killed}",
-                "pool_processes": children}  # fmt: skip
+                "pool_processes": children, "orphans": left}  # fmt: skip
     if fault == "orchestrator":
         assert deployment.host is not None
         old = deployment.host
@@ -289,7 +290,7 @@ def inject(fault: str, deployment: Deployment, servers: dict[str, Server], args:
         time.sleep(args.down)
         deployment.start_host()
         what = f"SIGKILL nasfleet orchestrate {old.pid}, started again after {args.down} s"
-        return {"at": at, "what": what, "old_descendants": below}
+        return {"at": at, "what": what, "orphans": below}
     server = servers[fault.removesuffix("-restart")]
     at = time.time()
     server.restart(args.down)
@@ -393,6 +394,7 @@ def observe(fault: str, deployment: Deployment, servers: dict[str, Server], view
     told_at_fault: dict[str, int] = {}
     recovered_at: dict[str, float] = {}
     jobs: dict[str, dict[str, Any]] = {}
+    orphans_gone: float | None = None  # when the last process orphaned by the fault had exited
     count, poll_errors, next_progress = 0, 0, 0.0
     status, reason = "ok", ""
     while True:
@@ -410,6 +412,8 @@ def observe(fault: str, deployment: Deployment, servers: dict[str, Server], view
             states = ",".join(sorted(job["status"] for job in jobs.values()))
             log(f"  {now - started:5.1f} s: {told}/{total} told, {count} evaluations stored, jobs {states}")
             next_progress = now + args.progress
+        if injected is not None and orphans_gone is None and not any(alive(p) for p in injected["orphans"]):
+            orphans_gone = now
         if injected is not None:
             for job_id, told in told_at_fault.items():
                 job = jobs.get(job_id)
@@ -423,6 +427,7 @@ def observe(fault: str, deployment: Deployment, servers: dict[str, Server], view
                 told_at_fault = {j: job["told"] for j, job in jobs.items() if job["status"] not in FINISHED}
                 injected = inject(fault, deployment, servers, args)
                 if injected is not None:
+                    injected.setdefault("orphans", [])
                     log(f"  fault at {injected['at'] - started:.1f} s: {injected['what']}")
             elif now - started > args.start_timeout:
                 status, reason = (
@@ -443,8 +448,12 @@ def observe(fault: str, deployment: Deployment, servers: dict[str, Server], view
         deployment.supervise(finished)
         time.sleep(args.poll)
     ended = time.time()
-    return measure(view, injected, told_at_fault, recovered_at, status, reason, started, ended,
-                   poll_errors, args)  # fmt: skip
+    result = measure(view, injected, told_at_fault, recovered_at, status, reason, started, ended,
+                     poll_errors, args)  # fmt: skip
+    if injected is not None and injected["orphans"]:
+        result["orphans"] = injected["orphans"]
+        result["orphans_gone_s"] = None if orphans_gone is None else round(orphans_gone - injected["at"], 2)
+    return result
 
 
 def measure(view: RegistryView, injected: dict[str, Any] | None, told_at_fault: dict[str, int],
@@ -553,6 +562,10 @@ def table(cells: list[dict[str, Any]]) -> str:
         elif c.get("recovery_s") is not None and c["recovery_s"] > GOAL_S and c["fault"] != "none":
             recovery = f"**{recovery}**"
         notes = [c.get("reason") or ""] if c.get("status") not in ("ok",) else []
+        if c.get("orphans"):
+            gone = c.get("orphans_gone_s")
+            fate = "still alive at the end" if gone is None else f"gone after {gone:.1f} s"
+            notes.append(f"{len(c['orphans'])} orphaned process(es) {fate}")
         if c.get("strays"):
             notes.append(f"{len(c['strays'])} stray worker process(es) at the end")
         if c.get("unexpected_exits"):
@@ -672,7 +685,11 @@ def main() -> None:
         else:
             log(f"[{index}/{len(todo)}] {mode} x {fault}")
             began = time.time()
-            cell = run_cell(mode, fault, args, args.out / "logs")
+            try:
+                cell = run_cell(mode, fault, args, args.out / "logs")
+            except (KeyboardInterrupt, SystemExit):
+                log(f"interrupted during {mode} x {fault}: its processes were killed; it is not recorded")
+                raise
             cell.update(timeout_s=args.timeout, cell_s=round(time.time() - began, 1), command=command)
             log(f"[{index}/{len(todo)}] {mode} x {fault}: {cell['status']}, recovery "
                 f"{_seconds(cell.get('recovery_s'))} s, next eval {_seconds(cell.get('next_eval_s'))} s, "

@@ -182,7 +182,8 @@ def _kill_everything() -> None:
 
 
 def install_cleanup() -> None:
-    """Kill every tracked process at exit, and turn SIGTERM/SIGHUP into an exit (finally blocks run)."""
+    """Kill every tracked process at exit; SIGINT, SIGTERM and SIGHUP end the run through the finally
+    blocks (which stop the cell's servers and kill its processes)."""
     atexit.register(_kill_everything)
 
     def leave(signum: int, _frame: object) -> None:
@@ -190,6 +191,7 @@ def install_cleanup() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, leave)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
 
 
 # -- ports ---------------------------------------------------------------------------------------------------
