@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -208,3 +209,19 @@ def test_the_embedded_broker_keeps_no_consumed_message(tmp_path: Path) -> None:
         assert {service.registry.get_job(job.id).status for job in jobs} == {"done"}  # type: ignore[union-attr]
     with sqlite3.connect(tmp_path / "state" / BROKER_FILE) as broker:
         assert broker.execute("SELECT COUNT(*) FROM kombu_message").fetchone() == (0,)
+
+
+def test_the_watch_reports_a_restart_under_the_same_name_and_a_silence_once(tmp_path: Path) -> None:
+    with Registry(f"sqlite:///{tmp_path}/r.db") as registry:
+        watch = WorkerWatch(registry, "q", dead_after_s=2.5)
+        registry.beat("w1", "q", 100)
+        registry.beat("w2", "q", 200)
+        assert watch.look().died == () and watch.look().alive == 2
+        registry.beat("w1", "q", 101)  # the same name, another process: the first one died
+        assert watch.look().died == ("w1",)
+        assert watch.look().died == ()
+        time.sleep(3.0)
+        registry.beat("w1", "q", 101)
+        look = watch.look()
+        assert look.died == ("w2",) and look.alive == 1 and watch.deaths == 2
+        assert [worker.name for worker in registry.workers("q")] == ["w1"]

@@ -166,7 +166,7 @@ def _free_port() -> int:
 
 def test_the_redis_broker_restarted_mid_job_loses_no_evaluation(tmp_path: Path, redis_url: str) -> None:
     # A Redis server of this test's own (the shared one is never restarted), without persistence: the
-    # tasks queued at the restart are lost, and the orchestrator sends them again.
+    # tasks queued at the restart are lost, and the orchestrator, seeing a new run_id, sends them again.
     port = _free_port()
     command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     settings = CelerySettings(broker=f"redis://127.0.0.1:{port}/0", registry=f"sqlite:///{tmp_path}/r.sqlite")
@@ -187,8 +187,8 @@ def test_the_redis_broker_restarted_mid_job_loses_no_evaluation(tmp_path: Path, 
         service = processes.enter_context(Service(settings, tmp_path, ServiceOptions(local_workers=0)))
         jobs = submit_plan(service.registry, PLAN)
         with _workers(settings, tmp_path, "delay=0.2") as workers:
-            orchestrator = service.orchestrator(on_step=restart_broker, lost_after_s=5.0,
-                                                housekeeping=workers.revive)  # fmt: skip
+            # lost_after_s stays at its default (900 s): the orchestrator sees Redis's new run_id instead
+            orchestrator = service.orchestrator(on_step=restart_broker, housekeeping=workers.revive)
             orchestrator.run(timeout_s=150)
-        assert restarts
+        assert restarts and orchestrator.watch is not None and orchestrator.watch.broker_restarts == 1
         _check(service.registry, tmp_path, [job.id for job in jobs])

@@ -11,6 +11,8 @@ timeout, minutes). Instead of waiting for the broker, the orchestrator watches t
   ``dead_after_s`` died, and everything sent and unanswered is sent again at once (tasks are
   idempotent: an arch already stored is not scored again and never stored twice). With no live worker
   at all, the watch says so, and the orchestrator writes it in the jobs' ``note``.
+- The watch also reads the broker's epoch (Redis's ``run_id``): a Redis restarted without persistence
+  lost its queues while every worker lived on, so a new epoch also means "send everything again".
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from nasfleet.server.registry import Registry, RegistryError
 
@@ -82,32 +86,62 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class Liveness:
-    """One look at the workers of a queue: who died since the last look, how many are alive."""
+    """One look at the workers of a queue: who died since the last look, how many are alive, and whether
+    the broker restarted meanwhile."""
 
     died: tuple[str, ...]
     alive: int
     silent_s: float | None  # seconds since any worker of the queue beat; None if none ever did
+    broker_restarted: bool = False
 
 
 class WorkerWatch:
     """The orchestrator's view of its queue's workers (see the module docstring)."""
 
-    def __init__(self, registry: Registry, queue: str, dead_after_s: float = DEAD_AFTER_S) -> None:
+    def __init__(
+        self, registry: Registry, queue: str, dead_after_s: float = DEAD_AFTER_S,
+        broker_epoch: Callable[[], str | None] | None = None,
+    ) -> None:  # fmt: skip
         if not dead_after_s > BEAT_S:
             raise ValueError(f"dead_after_s must be > {BEAT_S} (the beat period), but got {dead_after_s!r}")
         self.registry, self.queue, self.dead_after_s = registry, queue, dead_after_s
         self.deaths = 0
+        self._lives: dict[str, tuple[int, datetime]] = {}  # name -> (pid, started_at) when last seen
+        self.broker_epoch, self._epoch = broker_epoch, ""
+        self.broker_restarts = 0
 
     def look(self) -> Liveness:
-        """Read the beats; forget (delete) every worker found dead, so it is reported once."""
+        """Read the beats. A worker died if it is silent for more than ``dead_after_s`` (its row is then
+        deleted, so the death is reported once) or if its name now beats from another process (it was
+        restarted under a fixed name before it fell silent long enough)."""
         workers = self.registry.workers(self.queue)
-        ages = {worker.name: worker.age_s() for worker in workers}
-        died = tuple(name for name, age in ages.items() if age > self.dead_after_s)
-        for name in died:
-            log.warning(
-                "nasfleet: worker %s stopped beating %.0f s ago; resending its tasks", name, ages[name]
-            )
-            self.registry.worker_stopped(name)
+        died: list[str] = []
+        for worker in workers:
+            age, life = worker.age_s(), (worker.pid, worker.started_at)
+            seen = self._lives.pop(worker.name, None)
+            if age > self.dead_after_s:
+                log.warning("nasfleet: worker %s silent for %.0f s; resending its tasks", worker.name, age)
+                self.registry.worker_stopped(worker.name)
+                died.append(worker.name)
+                continue
+            if seen is not None and seen != life:
+                log.warning(
+                    "nasfleet: worker %s restarted as pid %d; resending its tasks", worker.name, life[0]
+                )
+                died.append(worker.name)
+            self._lives[worker.name] = life
         self.deaths += len(died)
-        alive = sum(age <= self.dead_after_s for age in ages.values())
-        return Liveness(died, alive, min(ages.values()) if ages else None)
+        ages = [worker.age_s() for worker in workers]
+        alive = sum(age <= self.dead_after_s for age in ages)
+        return Liveness(tuple(died), alive, min(ages) if ages else None, self._broker_restarted())
+
+    def _broker_restarted(self) -> bool:
+        """Whether the broker restarted since the last look (a broker without persistence lost its queue)."""
+        epoch = self.broker_epoch() if self.broker_epoch is not None else None
+        if not epoch:
+            return False
+        restarted, self._epoch = bool(self._epoch) and epoch != self._epoch, epoch
+        if restarted:
+            log.warning("nasfleet: the broker restarted; resending every unanswered task")
+            self.broker_restarts += 1
+        return restarted

@@ -413,7 +413,7 @@ class Orchestrator:
         except RegistryError as error:
             log.warning("nasfleet: could not read the workers' heartbeats: %s", error)
             return
-        if liveness.died:
+        if liveness.died or liveness.broker_restarted:
             self._resend_all()
         waiting = ""
         if liveness.alive == 0:

@@ -12,6 +12,7 @@ to the end: how ``nasfleet search``, ``nasfleet simulate`` and the Flower round 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery import Celery
 from kombu.utils.url import maybe_sanitize_url
 
@@ -115,7 +117,9 @@ class LocalWorkers:
     def _launch(self, index: int) -> subprocess.Popen[bytes]:
         ready = self._ready_file(index)
         ready.unlink(missing_ok=True)
-        name = f"nasfleet{index}-{os.getpid()}-{id(self) % 10**6}@%h"
+        # A new name per start: a revived worker must not take over the dead one's heartbeat row, or the
+        # orchestrator would never see the death (and never resend what the dead one held).
+        name = f"nasfleet{index}-{os.getpid()}-{secrets.token_hex(4)}@%h"
         command = worker_command(self.settings, self.concurrency, self.pool, name, self.app_module)
         threads = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
         env = {**os.environ, **threads, **self.settings.to_env(), **self.env,
@@ -210,6 +214,19 @@ def broker_problem(app: Celery, timeout_s: float = 2.0) -> str | None:
     return None
 
 
+class RedisEpoch:
+    """The Redis broker's ``run_id``, which changes when the server restarts; None while unreachable."""
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+
+    def __call__(self) -> str | None:
+        try:
+            return str(self.client.info("server")["run_id"])
+        except (redis.RedisError, OSError, KeyError):
+            return None
+
+
 class Service:
     """A broker, a registry, local workers (if any) and an orchestrator, started and stopped together."""
 
@@ -249,7 +266,8 @@ class Service:
         dispatcher = CeleryDispatcher(self.app, self.settings.queue)
         if self.workers is not None:
             rest.setdefault("housekeeping", self.workers.revive)
-        watch = WorkerWatch(self.registry, self.settings.queue, options.dead_after_s)
+        epoch = RedisEpoch(self.settings.broker) if self.settings.broker.startswith("redis") else None
+        watch = WorkerWatch(self.registry, self.settings.queue, options.dead_after_s, epoch)
         return Orchestrator(self.registry, dispatcher, fair=options.fair, job_ids=job_ids, watch=watch,
                             poll_s=options.poll_s, lost_after_s=options.lost_after_s, **rest)  # fmt: skip
 

@@ -25,7 +25,8 @@ from nasfleet.server.celery_app import (
     make_app,
     resolve_queue,
 )
-from nasfleet.server.orchestrator import FairShare
+from nasfleet.server.containment import registry_unreachable
+from nasfleet.server.orchestrator import FairShare, Orchestrator
 from nasfleet.server.registry import DEFAULT_URL, RegistryError
 from nasfleet.server.service import LocalWorkers, Service, ServiceOptions, broker_problem
 
@@ -123,6 +124,30 @@ def worker(
             signal.signal(sig, handler)
 
 
+def _run_until_done(service: Service, wait_s: float) -> Orchestrator:
+    """Orchestrators run one after another while the registry is unreachable, for up to *wait_s* seconds
+    of unreachability in a row (one line said when it goes away); the one that finished."""
+    failing_since: float | None = None
+    while True:
+        orchestrator = service.orchestrator()
+        try:
+            orchestrator.run()
+            return orchestrator
+        except RegistryError as error:
+            if not registry_unreachable(error):
+                raise
+            if orchestrator.stats.steps or orchestrator.stats.dispatched:  # it had come back meanwhile
+                failing_since = None
+            now = time.monotonic()
+            if failing_since is None:
+                failing_since = now
+                reason = str(error).splitlines()[0]
+                typer.echo(f"nasfleet orchestrate: {reason}; retrying for up to {wait_s:g} s", err=True)
+            elif now - failing_since > wait_s:
+                raise
+            time.sleep(RETRY_S)
+
+
 def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -138,8 +163,16 @@ def orchestrate(
     max_jobs_per_tenant: Annotated[int, typer.Option("--max-jobs-per-tenant", min=1)] = 4,
     max_in_flight: Annotated[int, typer.Option("--max-in-flight", min=1, help="Archs sent, unanswered.")] = 8,
     state_dir: Annotated[Path, typer.Option("--state-dir", help="Local workers' logs.")] = Path(".nasfleet"),
+    wait: Annotated[
+        float,
+        typer.Option("--wait", min=0, max=86_400, help="Seconds to retry a registry that went away."),
+    ] = 60.0,
 ) -> None:
-    """Run the registry's unfinished jobs to the end through Celery; print each result as JSON lines."""
+    """Run the registry's unfinished jobs to the end through Celery; print each result as JSON lines.
+
+    A registry that goes away (a database restart) stops the orchestrator, which is started again every
+    2 s for up to --wait seconds and resumes every job from its checkpoint; then the command exits 1.
+    """
     settings = _settings(broker, registry, queue)
     fair = FairShare(max_jobs_per_tenant=max_jobs_per_tenant, max_in_flight=max_in_flight)
     options = ServiceOptions(local_workers=local_workers, concurrency=concurrency, fair=fair)
@@ -147,8 +180,8 @@ def orchestrate(
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with Service(settings, state_dir, options) as service:
-            orchestrator = service.orchestrator()
-            results = orchestrator.run()
+            orchestrator = _run_until_done(service, wait)
+            results = orchestrator.results
             for job_id, error in orchestrator.failed.items():
                 typer.echo(json.dumps({"job_id": job_id, "status": "failed", "error": error}))
     except RegistryError as error:

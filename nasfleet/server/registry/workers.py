@@ -75,6 +75,8 @@ class WorkerBoard:
             if row is None:
                 row = WorkerRow(name=name, queue=queue, pid=pid, started_at=now, beat_at=now)
             else:
+                if row.pid != pid:  # another process under the same name: a new life
+                    row.started_at = now
                 row.queue, row.pid, row.beat_at = queue, pid, now
             session.add(row)
 
