@@ -549,12 +549,12 @@ def table(cells: list[dict[str, Any]]) -> str:
         *[f"    {command}" for command in commands],
         "",
         "| mode | fault | recovery s | next eval s | longest stall s | lost | duplicated | jobs finished "
-        "| note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| harness restarts | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         if c.get("status") == "skipped":
-            lines.append(f"| {c['mode']} | {c['fault']} | n/a | | | | | | skipped: {c['reason']} |")
+            lines.append(f"| {c['mode']} | {c['fault']} | n/a | | | | | | | skipped: {c['reason']} |")
             continue
         recovery = _seconds(c.get("recovery_s"))
         if c.get("status") == "not-recovered":
@@ -575,9 +575,10 @@ def table(cells: list[dict[str, Any]]) -> str:
             notes = [f"error: {c.get('reason', '')[:200]}"]
         lost = "–" if c.get("lost") is None else str(c["lost"])
         finished = f"{c.get('jobs_finished', '–')}/{c.get('jobs_submitted', '–')}"
+        restarts = len(c["unexpected_exits"]) if "unexpected_exits" in c else "–"
         lines.append(f"| {c['mode']} | {c['fault']} | {recovery} | {_seconds(c.get('next_eval_s'))} | "
                      f"{_seconds(c.get('stall_s'))} | {lost} | {c.get('duplicated', '–')} | {finished} | "
-                     f"{'; '.join(n for n in notes if n)} |")  # fmt: skip
+                     f"{restarts} | {'; '.join(n for n in notes if n)} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -592,7 +593,8 @@ def plot(cells: list[dict[str, Any]], path: Path) -> None:
     if not faults or not modes:
         return
     by = {(c["mode"], c["fault"]): c for c in cells}
-    ceiling = max([GOAL_S * 1.5] + [float(c.get("timeout_s") or 0) for c in cells]
+    ceiling = max([GOAL_S * 1.5]
+                  + [float(c.get("timeout_s") or 0) for c in cells if c.get("status") == "not-recovered"]
                   + [float(c.get("recovery_s") or 0) for c in cells])  # fmt: skip
     figure, axes = plt.subplots(figsize=(max(7.0, 1.5 * len(faults) + 3), 4.5))
     width = 0.8 / len(modes)
