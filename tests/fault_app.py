@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nasfleet.server import tasks
-from nasfleet.server.celery_app import app
+from nasfleet.server.service import tasks
+from nasfleet.server.service.celery_app import app
 
 __all__ = ["app"]
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nasfleet.clients.messages import DataCharacteristics
-from nasfleet.server.job_run import JobOptions, submit_job
-from nasfleet.server.orchestrator import LocalDispatcher, Orchestrator
+from nasfleet.protocol.messages import DataCharacteristics
 from nasfleet.server.registry import JobRecord, Registry
+from nasfleet.server.service.jobs import JobOptions, submit_job
+from nasfleet.server.service.orchestrator import LocalDispatcher, Orchestrator
 
 TESTS = Path(__file__).resolve().parent
 OPTIONS = JobOptions(ask_size=4, batch_size=8, space_options={"channels": 8, "cells_per_stage": 1})

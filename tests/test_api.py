@@ -31,16 +31,16 @@ import typer
 from service_support import python
 from typer.testing import CliRunner
 
-from nasfleet.server.api.cli import tenants_app
+from nasfleet.cli.serve import tenants_app
 from nasfleet.server.api.runner import OrchestratorLoop
-from nasfleet.server.tasks import make_space
+from nasfleet.server.service.tasks import make_space
 
 MAX_BODY = 65_536
 MAX_SKETCH_VALUES = 5_000
 MAX_ACTIVE = 2
 TENANTS = ("acme", "globex", "initech")
 MISSING = "0123456789abcdef0123456789abcdef"
-SERVE = python("import typer", "from nasfleet.server.api.cli import serve", "typer.run(serve)")
+SERVE = python("import typer", "from nasfleet.cli.serve import serve", "typer.run(serve)")
 
 
 @dataclass

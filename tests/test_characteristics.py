@@ -19,8 +19,8 @@ from nasfleet.clients.characteristics import (
     public_basis,
     sketch_dataset,
 )
-from nasfleet.clients.data import Dataset, synthetic_dataset
-from nasfleet.clients.messages import DataCharacteristics
+from nasfleet.data.datasets import Dataset, synthetic_dataset
+from nasfleet.protocol.messages import DataCharacteristics
 
 SMALL_SHAPE = (1, 8, 8)  # the public basis spans all 64 values: sketches are exact without noise
 BIG_CLIP = 1e6  # never clips

@@ -22,14 +22,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from test_federation import DEVICE_NODE_ID, instruction, query_reply_content, reply_to_query
 
 from nasfleet.clients.app import TRAIN
-from nasfleet.clients.messages import MessageError, ResourceConstraints, TrainingReport
-from nasfleet.clients.wire import unpack
-from nasfleet.server.app import _attach_report, parse_query_reply
-from nasfleet.server.containment import describe, registry_unreachable
-from nasfleet.server.job_run import JobRun, submit_job
-from nasfleet.server.orchestrator import LocalDispatcher, Orchestrator
+from nasfleet.protocol.messages import MessageError, ResourceConstraints, TrainingReport
+from nasfleet.protocol.wire import unpack
+from nasfleet.server.federation.app import _attach_report, parse_query_reply
+from nasfleet.server.federation.round import DeviceOutcome
 from nasfleet.server.registry import JobRecord, Registry, RegistryError
-from nasfleet.server.round import DeviceOutcome
+from nasfleet.server.service.containment import describe, registry_unreachable
+from nasfleet.server.service.jobs import JobRun, submit_job
+from nasfleet.server.service.orchestrator import LocalDispatcher, Orchestrator
 from nasfleet.strategies.base import StrategyError
 
 BUDGET = 8
@@ -242,7 +242,7 @@ def test_a_poison_query_reply_is_an_error_outcome_and_a_good_one_beside_it_parse
 
 
 def test_a_reader_that_crashes_on_a_reply_fails_only_that_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    import nasfleet.server.app as server_app
+    import nasfleet.server.federation.app as server_app
 
     def crash(content: RecordDict, name: str, kind: Any) -> Any:
         if len(content) == 1:  # the poison reply carries one record only

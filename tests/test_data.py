@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits as sklearn_digits
 
-from nasfleet.clients import data
-from nasfleet.clients.data import (
+from nasfleet.data import datasets as data
+from nasfleet.data.datasets import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     Dataset,
@@ -275,7 +275,7 @@ def test_default_data_dir_looks_beside_the_checkout_then_the_working_directory(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("NASFLEET_DATA", raising=False)
-    module = tmp_path / "checkout" / "nasfleet" / "clients" / "data.py"
+    module = tmp_path / "checkout" / "nasfleet" / "data" / "datasets.py"
     monkeypatch.setattr(data, "__file__", str(module))
     work = tmp_path / "elsewhere" / "cwd"
     work.mkdir(parents=True)

@@ -29,7 +29,7 @@ import pytest
 from flwr.cli.config_utils import load_and_validate
 
 from nasfleet.clients.app import DeviceSetup
-from nasfleet.server.app import RoundConfig
+from nasfleet.server.federation.app import RoundConfig
 from nasfleet.server.registry import Registry
 
 APP_DIR = Path(__file__).resolve().parents[1] / "deploy" / "flower"
@@ -211,7 +211,10 @@ def test_the_flower_app_declares_every_round_and_device_key_with_the_codes_defau
     config, warnings = load_and_validate(APP_DIR / "pyproject.toml")  # Flower's own check, modules included
     assert warnings == []
     components = config["tool"]["flwr"]["app"]["components"]
-    assert components == {"serverapp": "nasfleet.server.app:app", "clientapp": "nasfleet.clients.app:app"}
+    assert components == {
+        "serverapp": "nasfleet.server.federation.app:app",
+        "clientapp": "nasfleet.clients.app:app",
+    }
     declared = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     defaults = {**vars(DeviceSetup()), **vars(RoundConfig(num_clients=NUM_DEVICES))}
     expected = {key.replace("_", "-"): value for key, value in defaults.items()}

@@ -26,7 +26,7 @@ from nasfleet.clients.device import (
     latency_model,
     measure_latency_ms,
 )
-from nasfleet.clients.messages import DeviceProfile, ResourceConstraints
+from nasfleet.protocol.messages import DeviceProfile, ResourceConstraints
 from nasfleet.spaces import get_space
 
 DIGITS_SHAPE = (1, 8, 8)

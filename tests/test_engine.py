@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from nasfleet.clients.data import synthetic_dataset
+from nasfleet.data.datasets import synthetic_dataset
 from nasfleet.proxies.aggregate import AGGREGATES, Aggregate, proxy_rank
 from nasfleet.proxies.base import PROXIES, Proxy, ProxyError
 from nasfleet.proxies.engine import (

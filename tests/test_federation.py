@@ -37,7 +37,7 @@ from rich.console import Console
 
 from nasfleet.clients.app import ERROR_BAD_MESSAGE, QUERY, TRAIN, make_client_app
 from nasfleet.clients.device import assign_tiers
-from nasfleet.clients.messages import (
+from nasfleet.protocol.messages import (
     DataCharacteristics,
     DeviceIdentity,
     DeviceProfile,
@@ -46,12 +46,12 @@ from nasfleet.clients.messages import (
     SubNetAssignment,
     TrainConfig,
 )
-from nasfleet.clients.wire import MAX_JSON_CHARS, pack, unpack
-from nasfleet.server.app import RoundConfig, make_server_app, parse_query_reply
-from nasfleet.server.job_run import JobRun
+from nasfleet.protocol.wire import MAX_JSON_CHARS, pack, unpack
+from nasfleet.server.federation.app import RoundConfig, make_server_app, parse_query_reply
+from nasfleet.server.federation.round import DeviceOutcome, RoundRecorder
+from nasfleet.server.federation.simulation import flower_environment, simulate
 from nasfleet.server.registry import Registry
-from nasfleet.server.round import DeviceOutcome, RoundRecorder
-from nasfleet.server.simulation import flower_environment, simulate
+from nasfleet.server.service.jobs import JobRun
 from nasfleet.spaces import get_space
 
 SUPERLINK_NODE_ID = 1  # the sender of every instruction message (flwr.common.constant.SUPERLINK_NODE_ID)

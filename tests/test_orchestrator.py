@@ -25,15 +25,15 @@ from service_support import (
     submit_plan,
 )
 
-from nasfleet.clients.messages import ResourceConstraints
+from nasfleet.protocol.messages import ResourceConstraints
 from nasfleet.proxies.base import ProxyError
 from nasfleet.search import SearchConfig, run_search
-from nasfleet.server import tasks
-from nasfleet.server.job_run import JobRun, submit_job
-from nasfleet.server.orchestrator import FairShare, LocalDispatcher, Orchestrator
+from nasfleet.search.probe import synthetic_probe_batch
 from nasfleet.server.registry import Registry, ResultRecord
-from nasfleet.server.synthetic import synthetic_probe_batch
-from nasfleet.server.tasks import (
+from nasfleet.server.service import tasks
+from nasfleet.server.service.jobs import JobRun, submit_job
+from nasfleet.server.service.orchestrator import FairShare, LocalDispatcher, Orchestrator
+from nasfleet.server.service.tasks import (
     PayloadError,
     ScoringSpec,
     decode_characteristics,

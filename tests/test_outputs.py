@@ -23,7 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nasfleet.cli import app
-from nasfleet.outputs import ExclusiveFile, OutputError, check_output, write_csv, write_output
+from nasfleet.cli.outputs import ExclusiveFile, OutputError, check_output, write_csv, write_output
 from nasfleet.server.registry import Registry
 from nasfleet.spaces import get_space
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nasfleet.clients.partition import (
+from nasfleet.data.partition import (
     label_histogram,
     partition,
     partition_dirichlet,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nasfleet.clients.data import synthetic_dataset
+from nasfleet.data.datasets import synthetic_dataset
 from nasfleet.proxies.probe import Probe, ProbeBatch, per_sample_weight_grads
 from nasfleet.spaces import get_space
 

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from service_support import characteristics, sqlite_url
 
-from nasfleet.clients.messages import (
+from nasfleet.protocol.messages import (
     DataCharacteristics,
     DeviceIdentity,
     DeviceProfile,
@@ -29,8 +29,8 @@ from nasfleet.clients.messages import (
     TrainingReport,
 )
 from nasfleet.server.api.app import create_app
-from nasfleet.server.job_run import JobOptions
 from nasfleet.server.registry import Registry
+from nasfleet.server.service.jobs import JobOptions
 from nasfleet.strategies.base import Constraints, StrategyError
 from nasfleet.strategies.evolution import EvolutionOptions
 from nasfleet.strategies.options import parse_options

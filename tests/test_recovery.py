@@ -31,14 +31,20 @@ from service_support import (
     wait_for,
 )
 
-from nasfleet.server import tasks
 from nasfleet.server.api.app import create_app
 from nasfleet.server.api.runner import ServiceProblems
-from nasfleet.server.celery_app import CelerySettings, deployment_queue
-from nasfleet.server.liveness import WorkerWatch
 from nasfleet.server.registry import Registry
-from nasfleet.server.service import BROKER_FILE, LocalWorkers, Service, ServiceOptions, embedded_settings
-from nasfleet.server.tasks import make_payload
+from nasfleet.server.service import tasks
+from nasfleet.server.service.celery_app import CelerySettings, deployment_queue
+from nasfleet.server.service.liveness import WorkerWatch
+from nasfleet.server.service.runtime import (
+    BROKER_FILE,
+    LocalWorkers,
+    Service,
+    ServiceOptions,
+    embedded_settings,
+)
+from nasfleet.server.service.tasks import make_payload
 
 PLAN = [("acme", 1, 12, 0), ("globex", 2, 12, 1)]
 
@@ -101,8 +107,8 @@ def test_a_worker_whose_launcher_died_stops_by_itself(tmp_path: Path) -> None:
     settings = embedded_settings(tmp_path / "state")
     launcher = python(
         "import time",
-        "from nasfleet.server.celery_app import CelerySettings",
-        "from nasfleet.server.service import LocalWorkers",
+        "from nasfleet.server.service.celery_app import CelerySettings",
+        "from nasfleet.server.service.runtime import LocalWorkers",
         f"workers = LocalWorkers(CelerySettings.from_env(), {str(tmp_path)!r}).start()",
         f"open({str(tmp_path / 'pid')!r}, 'w').write(str(workers.pids[0]))",
         "time.sleep(600)",

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from typer.testing import CliRunner
 
+from nasfleet.cli.registry import registry_app
 from nasfleet.server.registry import (
     DEFAULT_URL,
     SCHEMA_VERSION,
@@ -32,7 +33,6 @@ from nasfleet.server.registry import (
     SchemaVersionError,
     storage,
 )
-from nasfleet.server.registry.cli import registry_app
 
 CHARACTERISTICS = "c" * 64
 OTHER_CHARACTERISTICS = "d" * 64

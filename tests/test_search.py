@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import nasfleet.search
 from nasfleet.cli import app
-from nasfleet.clients import load_dataset
+from nasfleet.data.datasets import load_dataset
 from nasfleet.proxies.engine import ScoreTable, add_aggregates, score_archs
 from nasfleet.proxies.probe import ProbeBatch
 from nasfleet.search import (

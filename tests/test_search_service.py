@@ -19,13 +19,13 @@ from service_support import child_process
 from typer.testing import CliRunner
 
 from nasfleet.cli import app
-from nasfleet.clients import load_dataset
+from nasfleet.data.datasets import load_dataset
 from nasfleet.proxies.base import revised
 from nasfleet.proxies.fgnas import FeatureCorrelation
 from nasfleet.proxies.probe import ProbeBatch
 from nasfleet.search import SearchConfig, make_strategy, run_search
 from nasfleet.server.registry import Registry
-from nasfleet.server.tasks import ScoringSpec
+from nasfleet.server.service.tasks import ScoringSpec
 from nasfleet.spaces import get_space
 
 EVOLUTION = {"population_size": 4, "sample_size": 2}

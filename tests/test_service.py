@@ -31,11 +31,11 @@ from service_support import (
 )
 from typer.testing import CliRunner
 
-from nasfleet.server.celery_app import CelerySettings, SettingsError
-from nasfleet.server.orchestrator import FairShare
+from nasfleet.cli.service import orchestrate, worker
 from nasfleet.server.registry import Registry
-from nasfleet.server.service import LocalWorkers, Service, ServiceOptions, embedded, embedded_settings
-from nasfleet.server.worker_cli import orchestrate, worker
+from nasfleet.server.service.celery_app import CelerySettings, SettingsError
+from nasfleet.server.service.orchestrator import FairShare
+from nasfleet.server.service.runtime import LocalWorkers, Service, ServiceOptions, embedded, embedded_settings
 
 REDIS_DB = 11
 THREE_BY_THREE = [(tenant, seed, 8, seed % 2) for tenant in ("a", "b", "c") for seed in (1, 2, 3)]
@@ -98,7 +98,7 @@ def test_processes_opening_new_embedded_brokers_at_once_do_not_race(tmp_path: Pa
     kombu_queue already exists", or the queue name's unique constraint, and the worker exited)."""
     opener = python(
         "import sys, time",
-        "from nasfleet.server.celery_app import CelerySettings, make_app",
+        "from nasfleet.server.service.celery_app import CelerySettings, make_app",
         f"directory, start = {str(tmp_path)!r}, float(sys.argv[1])",
         "for trial in range(8):",
         "    settings = CelerySettings(broker=f'sqlite:///{directory}/broker-{trial}.sqlite')",
@@ -166,7 +166,7 @@ def test_two_worker_commands_serve_the_orchestrate_command(tmp_path: Path) -> No
     with Registry(settings.registry) as registry:
         jobs = submit_plan(registry, TWO_JOBS)
     urls = ["--broker", settings.broker, "--registry", settings.registry, "--queue", settings.queue]
-    command = python("import typer", "from nasfleet.server.worker_cli import worker", "typer.run(worker)")
+    command = python("import typer", "from nasfleet.cli.service import worker", "typer.run(worker)")
     with (
         child_process([*command, *urls], tmp_path / "w1.log") as first,
         child_process([*command, *urls], tmp_path / "w2.log") as second,
@@ -213,9 +213,7 @@ def test_sigterm_stops_the_orchestrate_command_and_its_local_workers(tmp_path: P
     with Registry(settings.registry) as registry:
         (job,) = submit_plan(registry, [("acme", 1, 400, 0)])
     urls = ["--broker", settings.broker, "--registry", settings.registry, "--queue", settings.queue]
-    program = python(
-        "import typer", "from nasfleet.server.worker_cli import orchestrate", "typer.run(orchestrate)"
-    )
+    program = python("import typer", "from nasfleet.cli.service import orchestrate", "typer.run(orchestrate)")
     command = [*program, *urls, "--state-dir", str(tmp_path / "logs")]
     with child_process(command, tmp_path / "o.log") as proc:
         deadline = time.monotonic() + 60

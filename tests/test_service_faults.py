@@ -30,12 +30,12 @@ from service_support import (
     wait_for,
 )
 
-from nasfleet.server.celery_app import CelerySettings
-from nasfleet.server.job_run import JobRun
-from nasfleet.server.orchestrator import FairShare
 from nasfleet.server.registry import Registry
-from nasfleet.server.service import LocalWorkers, Service, ServiceOptions, embedded_settings
-from nasfleet.server.tasks import PAYLOAD_VERSION, TASK_NAME
+from nasfleet.server.service.celery_app import CelerySettings
+from nasfleet.server.service.jobs import JobRun
+from nasfleet.server.service.orchestrator import FairShare
+from nasfleet.server.service.runtime import LocalWorkers, Service, ServiceOptions, embedded_settings
+from nasfleet.server.service.tasks import PAYLOAD_VERSION, TASK_NAME
 
 PLAN = [("acme", 1, 12, 0), ("globex", 2, 12, 1)]
 
@@ -119,8 +119,8 @@ def test_a_killed_orchestrator_restarted_reaches_the_uninterrupted_result(
 ) -> None:
     jobs = submit_plan(service.registry, PLAN)
     script = python(
-        "from nasfleet.server.celery_app import CelerySettings",
-        "from nasfleet.server.service import Service, ServiceOptions",
+        "from nasfleet.server.service.celery_app import CelerySettings",
+        "from nasfleet.server.service.runtime import Service, ServiceOptions",
         "settings = CelerySettings.from_env()",
         f"Service(settings, {str(tmp_path)!r}, ServiceOptions(local_workers=0)).run()",
     )

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nasfleet.clients.characteristics import extract_characteristics
-from nasfleet.clients.data import synthetic_dataset
-from nasfleet.clients.messages import DataCharacteristics
-from nasfleet.server.synthetic import allocate_labels, synthetic_probe_batch
+from nasfleet.data.datasets import synthetic_dataset
+from nasfleet.protocol.messages import DataCharacteristics
+from nasfleet.search.probe import allocate_labels, synthetic_probe_batch
 
 SHAPE = (1, 4, 4)
 DIM = 16

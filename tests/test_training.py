@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from nasfleet.clients import Dataset, load_dataset, synthetic_dataset
-from nasfleet.clients.messages import MessageError, SubNetAssignment, TrainConfig, TrainingReport
 from nasfleet.clients.training import stratified_split, train_subnet
+from nasfleet.data.datasets import Dataset, load_dataset, synthetic_dataset
+from nasfleet.protocol.messages import MessageError, SubNetAssignment, TrainConfig, TrainingReport
 from nasfleet.spaces import ArchitectureError, MBV2Space, NB201Space
 
 #: A cheap cell (two 1x1 convs, one 3x3): one epoch on digits with the standard network takes ~0.6 s.

@@ -37,8 +37,8 @@ from client import Run, load
 from report import markdown, plot, summarize_phase
 
 HERE = Path(__file__).resolve().parent
-SERVE = [sys.executable, "-c", "import typer; from nasfleet.server.api.cli import serve; typer.run(serve)"]
-TENANTS = [sys.executable, "-c", "from nasfleet.server.api.cli import tenants_app; tenants_app()"]
+SERVE = [sys.executable, "-c", "import typer; from nasfleet.cli.serve import serve; typer.run(serve)"]
+TENANTS = [sys.executable, "-c", "from nasfleet.cli.serve import tenants_app; tenants_app()"]
 
 
 def log(message: str) -> None:

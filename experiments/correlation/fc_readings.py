@@ -34,7 +34,7 @@ from rich.progress import track
 from scipy.stats import spearmanr
 
 from nasfleet.bench import read_accuracies, read_arch_strings, sample_arch_strings
-from nasfleet.clients.data import load_dataset
+from nasfleet.data.datasets import load_dataset
 from nasfleet.proxies import get_aggregate
 from nasfleet.proxies.fgnas import (
     EPS,

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from rich.progress import track
 from scipy.stats import spearmanr
 
-from nasfleet.clients.data import load_dataset
+from nasfleet.data.datasets import load_dataset
 from nasfleet.proxies import get_aggregate
 from nasfleet.proxies.fgnas import DEFAULT_PROBES, block_sigmas, gradient_signal, important_blocks
 from nasfleet.proxies.probe import Probe, ProbeBatch

@@ -95,7 +95,7 @@ def applicable(mode: str, fault: str) -> str | None:
 
 # -- jobs ----------------------------------------------------------------------------------------------------
 def characteristics(seed: int, shape: tuple[int, int, int], classes: int = 10) -> Any:
-    from nasfleet.clients.messages import DataCharacteristics
+    from nasfleet.protocol.messages import DataCharacteristics
 
     dim = int(np.prod(shape))
     rng = np.random.default_rng(seed)
@@ -107,8 +107,8 @@ def characteristics(seed: int, shape: tuple[int, int, int], classes: int = 10) -
 
 def submit(registry_url: str, args: argparse.Namespace) -> list[str]:
     """Two jobs of two tenants (different device data, so they share no cache entry)."""
-    from nasfleet.server.job_run import JobOptions, submit_job
     from nasfleet.server.registry import Registry
+    from nasfleet.server.service.jobs import JobOptions, submit_job
 
     options = JobOptions(ask_size=args.ask_size, batch_size=args.batch_size,
                          space_options=json.loads(args.space_options))  # fmt: skip

@@ -44,11 +44,11 @@ from nasfleet.clients.characteristics import (
     noise_scales,
     sketch_dataset,
 )
-from nasfleet.clients.data import CIFAR10_DIRNAME, Dataset, default_data_dir, load_cifar10
-from nasfleet.clients.messages import DataCharacteristics
+from nasfleet.data.datasets import CIFAR10_DIRNAME, Dataset, default_data_dir, load_cifar10
+from nasfleet.protocol.messages import DataCharacteristics
 from nasfleet.proxies.engine import ScoreTable, add_aggregates, expand_names, score_archs
 from nasfleet.proxies.probe import ProbeBatch
-from nasfleet.server.synthetic import synthetic_probe_batch
+from nasfleet.search.probe import synthetic_probe_batch
 from nasfleet.spaces import get_space
 
 AGGREGATE = "fgnas"

@@ -22,9 +22,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from nasfleet.server.app import RoundConfig
-from nasfleet.server.round import DeviceOutcome
-from nasfleet.server.simulation import simulate
+from nasfleet.server.federation.app import RoundConfig
+from nasfleet.server.federation.round import DeviceOutcome
+from nasfleet.server.federation.simulation import simulate
 from nasfleet.spaces import get_space
 
 

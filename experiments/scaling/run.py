@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from nasfleet.clients.messages import DataCharacteristics
-from nasfleet.server.celery_app import CelerySettings
-from nasfleet.server.job_run import JobOptions, JobRun, submit_job
-from nasfleet.server.orchestrator import FairShare
-from nasfleet.server.service import Service, ServiceOptions, embedded_settings
+from nasfleet.protocol.messages import DataCharacteristics
+from nasfleet.server.service.celery_app import CelerySettings
+from nasfleet.server.service.jobs import JobOptions, JobRun, submit_job
+from nasfleet.server.service.orchestrator import FairShare
+from nasfleet.server.service.runtime import Service, ServiceOptions, embedded_settings
 
 HERE = Path(__file__).resolve().parent
 
@@ -118,9 +118,9 @@ def fresh(root: Path, name: str) -> Path:
 RAW_SCORER = """
 import sys, time, numpy as np, torch
 torch.set_num_threads(1)
-from nasfleet.clients.messages import DataCharacteristics
+from nasfleet.protocol.messages import DataCharacteristics
 from nasfleet.proxies.engine import expand_names, score_archs
-from nasfleet.server.synthetic import synthetic_probe_batch
+from nasfleet.search.probe import synthetic_probe_batch
 from nasfleet.spaces import get_space
 count, shape = int(sys.argv[1]), tuple(map(int, sys.argv[2:5]))
 batch_size, seed = int(sys.argv[5]), int(sys.argv[6])

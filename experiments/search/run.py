@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from nasfleet.clients import load_dataset
+from nasfleet.data.datasets import load_dataset
 from nasfleet.proxies.base import revised
 from nasfleet.proxies.engine import score_archs
 from nasfleet.proxies.probe import ProbeBatch

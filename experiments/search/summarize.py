@@ -33,7 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from nasfleet.clients.data import default_data_dir
+from nasfleet.data.datasets import default_data_dir
 from nasfleet.spaces import get_space
 
 HERE = Path(__file__).resolve().parent

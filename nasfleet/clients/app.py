@@ -25,12 +25,12 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from nasfleet.clients.characteristics import DEFAULT_EPSILON, DEFAULT_RANK, extract_characteristics
-from nasfleet.clients.data import Dataset, load_dataset
 from nasfleet.clients.device import DEVICE_TIERS, DeviceTier, assign_tiers, calibrate_profile
-from nasfleet.clients.messages import DeviceIdentity, MessageError, SubNetAssignment, require
-from nasfleet.clients.partition import partition
 from nasfleet.clients.training import train_subnet
-from nasfleet.clients.wire import pack, unpack
+from nasfleet.data.datasets import Dataset, load_dataset
+from nasfleet.data.partition import partition
+from nasfleet.protocol.messages import DeviceIdentity, MessageError, SubNetAssignment, require
+from nasfleet.protocol.wire import pack, unpack
 
 ConfigValue = bool | float | int | str
 QUERY = "query.characteristics"

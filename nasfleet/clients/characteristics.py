@@ -48,9 +48,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy.stats import norm
 
-from nasfleet.clients.data import Dataset
-from nasfleet.clients.messages import MAX_SKETCH_RANK, DataCharacteristics
-from nasfleet.clients.partition import label_histogram
+from nasfleet.data.datasets import Dataset
+from nasfleet.data.partition import label_histogram
+from nasfleet.protocol.messages import MAX_SKETCH_RANK, DataCharacteristics
 
 #: Default budget of one release. epsilon = 1 is at the strict end of the 1..8 commonly deployed per
 #: release; the fidelity study (experiments/federation) found no loss in proxy-ranking fidelity down to it.

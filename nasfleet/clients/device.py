@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nasfleet.clients.messages import DeviceProfile, ResourceConstraints
+from nasfleet.protocol.messages import DeviceProfile, ResourceConstraints
 from nasfleet.spaces import Genome, InputShape, SearchSpace, get_space
 from nasfleet.spaces.base import check_input_shape
 

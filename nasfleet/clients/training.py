@@ -15,9 +15,9 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from nasfleet.clients.data import Dataset
 from nasfleet.clients.device import measure_latency_ms
-from nasfleet.clients.messages import SubNetAssignment, TrainConfig, TrainingReport
+from nasfleet.data.datasets import Dataset
+from nasfleet.protocol.messages import SubNetAssignment, TrainConfig, TrainingReport
 from nasfleet.spaces import ArchitectureError, Genome, SearchSpace, get_space
 
 MOMENTUM = 0.9

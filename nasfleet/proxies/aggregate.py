@@ -15,8 +15,8 @@ from typing import ClassVar
 import numpy as np
 from scipy.stats import rankdata
 
+from nasfleet.plugins import Registry
 from nasfleet.proxies.base import PROXIES, ProxyError
-from nasfleet.registry import Registry
 
 
 def normalized_rank(values: np.ndarray, higher_is_better: bool = True) -> np.ndarray:

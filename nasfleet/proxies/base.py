@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
 
-from nasfleet.registry import Registry
+from nasfleet.plugins import Registry
 
 if TYPE_CHECKING:
     from nasfleet.proxies.probe import Probe

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.grad import conv2d_weight
 
-from nasfleet.clients.data import Dataset
+from nasfleet.data.datasets import Dataset
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6)
 T = TypeVar("T")

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from nasfleet.registry import Registry
+from nasfleet.plugins import Registry
 from nasfleet.spaces.base import Cost, Genome, SearchSpace
 from nasfleet.strategies.options import StrategyError as StrategyError
 from nasfleet.strategies.options import options_dict, parse_options

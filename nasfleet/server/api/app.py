@@ -41,8 +41,8 @@ from nasfleet.server.api.schemas import (
 )
 from nasfleet.server.api.validation import JobSpec, Limits, job_spec, registered_profile
 from nasfleet.server.api.views import device_out, job_result, job_status, report_out
-from nasfleet.server.job_run import submit_job
 from nasfleet.server.registry import JobRecord, Registry, RegistryError, ReportRecord
+from nasfleet.server.service.jobs import submit_job
 from nasfleet.strategies.discovery import discover_strategies
 
 API_VERSION = "1.0.0"

@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from nasfleet.server.celery_app import CelerySettings
 from nasfleet.server.registry import RegistryError
-from nasfleet.server.service import Service, ServiceOptions
+from nasfleet.server.service.celery_app import CelerySettings
+from nasfleet.server.service.runtime import Service, ServiceOptions
 
 log = logging.getLogger(__name__)
 JOIN_TIMEOUT_S = 30.0
@@ -88,7 +88,7 @@ class OrchestratorLoop:
 
 class ServiceProblems:
     """What keeps *service*'s jobs from advancing, one line each, looked up at most every *every_s*:
-    the broker unreachable, or no worker of its queue beating (`nasfleet.server.liveness`)."""
+    the broker unreachable, or no worker of its queue beating (`nasfleet.server.service.liveness`)."""
 
     def __init__(self, service: Service, every_s: float = 5.0) -> None:
         self.service, self.every_s = service, every_s

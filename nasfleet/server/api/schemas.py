@@ -7,7 +7,7 @@ here are the ones a JSON schema can state, the same finite ranges the wire messa
 count, sketch shapes that match the input shape, constraints the space can meet) are checked in
 `nasfleet.server.api.validation`, which names the field the same way.
 
-Characteristics travel in the wire form of `nasfleet.clients.messages.DataCharacteristics`: its scalars,
+Characteristics travel in the wire form of `nasfleet.protocol.messages.DataCharacteristics`: its scalars,
 plus the optional sketch arrays ``class_means`` (G, D) and ``class_bases`` (G, r, D), each either nested
 lists of numbers or ``{"shape": [...], "float32": "<base64 of little-endian float32 bytes>"}`` (the form
 the registry stores).
@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, Tag
 
-from nasfleet.clients.messages import (
+from nasfleet.protocol.messages import (
     EPSILON,
     FLOPS_PER_MS,
     LATENCY_MS,

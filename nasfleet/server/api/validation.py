@@ -21,18 +21,18 @@ import numpy as np
 import numpy.typing as npt
 
 from nasfleet.clients.device import latency_model
-from nasfleet.clients.messages import (
+from nasfleet.protocol.messages import (
     SCHEMA_VERSION,
     DataCharacteristics,
     DeviceProfile,
     MessageError,
     ResourceConstraints,
 )
+from nasfleet.search.limits import search_constraints
 from nasfleet.server.api.errors import ApiError, invalid
 from nasfleet.server.api.schemas import Base64Array, CharacteristicsIn, SubmitRequest
-from nasfleet.server.job_run import JobOptions
-from nasfleet.server.personalize import search_constraints
-from nasfleet.server.tasks import make_space
+from nasfleet.server.service.jobs import JobOptions
+from nasfleet.server.service.tasks import make_space
 from nasfleet.spaces import SearchSpace
 from nasfleet.strategies.base import Feasibility, StrategyError
 from nasfleet.strategies.discovery import discover_strategies, get_strategy
@@ -50,7 +50,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """A checked request, ready for `nasfleet.server.job_run.submit_job`."""
+    """A checked request, ready for `nasfleet.server.service.jobs.submit_job`."""
 
     space: str
     strategy: str

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nasfleet.clients.messages import DeviceProfile, MessageError
+from nasfleet.protocol.messages import DeviceProfile, MessageError
 from nasfleet.server.api.schemas import (
     CellEdge,
     DeviceOut,
@@ -14,9 +14,9 @@ from nasfleet.server.api.schemas import (
     ReportOut,
     SubNetDescription,
 )
-from nasfleet.server.job_run import JobOptions
 from nasfleet.server.registry import DeviceRecord, JobRecord, ReportRecord, ResultRecord
-from nasfleet.server.tasks import decode_characteristics, make_space
+from nasfleet.server.service.jobs import JobOptions
+from nasfleet.server.service.tasks import decode_characteristics, make_space
 from nasfleet.spaces import MBV2Space, NB201Space
 from nasfleet.spaces.nb201 import EDGES, OPS
 

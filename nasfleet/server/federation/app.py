@@ -23,7 +23,7 @@ from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from nasfleet.clients.app import QUERY, TRAIN
-from nasfleet.clients.messages import (
+from nasfleet.protocol.messages import (
     DataCharacteristics,
     DeviceIdentity,
     DeviceProfile,
@@ -33,10 +33,10 @@ from nasfleet.clients.messages import (
     TrainConfig,
     TrainingReport,
 )
-from nasfleet.clients.wire import pack, unpack
-from nasfleet.server.job_run import JobOptions
+from nasfleet.protocol.wire import pack, unpack
+from nasfleet.server.federation.round import DeviceOutcome, RoundRecorder
 from nasfleet.server.registry import ResultRecord
-from nasfleet.server.round import DeviceOutcome, RoundRecorder
+from nasfleet.server.service.jobs import JobOptions
 
 ConfigValue = bool | float | int | str
 
@@ -206,5 +206,5 @@ def make_server_app(config: RoundConfig | None = None, recorder: RoundRecorder |
     return server
 
 
-#: The app the deployment engine loads (``nasfleet.server.app:app``).
+#: The app the deployment engine loads (``nasfleet.server.federation.app:app``).
 app = make_server_app()

@@ -35,13 +35,13 @@ from typing import Any
 import numpy as np
 from celery import Task, shared_task
 
-from nasfleet.clients.data import load_dataset
-from nasfleet.clients.messages import DataCharacteristics, MessageError
+from nasfleet.data.datasets import load_dataset
+from nasfleet.protocol.messages import DataCharacteristics, MessageError
 from nasfleet.proxies.base import ProxyError, revised
 from nasfleet.proxies.engine import expand_names, score_archs
 from nasfleet.proxies.probe import ProbeBatch
+from nasfleet.search.probe import MAX_BATCH_SIZE, MIN_BATCH_SIZE, synthetic_probe_batch
 from nasfleet.server.registry import CacheEntry, CacheKey, EvaluationRecord, Registry, RegistryError
-from nasfleet.server.synthetic import MAX_BATCH_SIZE, MIN_BATCH_SIZE, synthetic_probe_batch
 from nasfleet.spaces import SPACES, ArchitectureError, Genome, SearchSpace, get_space
 
 TASK_NAME = "nasfleet.score_batch"
@@ -81,7 +81,7 @@ class ScoringSpec:
     Its `digest` is the cache key's proxy-configuration hash: two jobs whose specs are equal (and whose
     characteristics are equal) share evaluations, whatever their strategies and seeds. ``data`` is the
     probe data: "" for the synthetic batch rebuilt from the characteristics, else a dataset spec
-    (`nasfleet.clients.load_dataset`) whose train split gives the probe batch; it is part of the digest
+    (`nasfleet.data.datasets.load_dataset`) whose train split gives the probe batch; it is part of the digest
     only when set, so the digests of synthetic-probe jobs are those of earlier versions.
     """
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from nasfleet.clients.checks import check_integer, known_keys, safe_name, text
 from nasfleet.clients.device import latency_model
-from nasfleet.clients.messages import DataCharacteristics, DeviceProfile, ResourceConstraints
+from nasfleet.protocol.checks import check_integer, known_keys, safe_name, text
+from nasfleet.protocol.messages import DataCharacteristics, DeviceProfile, ResourceConstraints
 from nasfleet.search import (
     ArchiveEntry,
     HistoryEntry,
@@ -35,7 +35,7 @@ from nasfleet.search import (
     check_asked,
     timed,
 )
-from nasfleet.server.personalize import search_constraints
+from nasfleet.search.limits import search_constraints
 from nasfleet.server.registry import (
     CacheEntry,
     CacheKey,
@@ -44,7 +44,12 @@ from nasfleet.server.registry import (
     Registry,
     ResultRecord,
 )
-from nasfleet.server.tasks import ScoringSpec, decode_characteristics, encode_characteristics, make_space
+from nasfleet.server.service.tasks import (
+    ScoringSpec,
+    decode_characteristics,
+    encode_characteristics,
+    make_space,
+)
 from nasfleet.spaces import Genome
 from nasfleet.strategies.base import Feasibility
 from nasfleet.strategies.discovery import get_strategy

@@ -25,19 +25,24 @@ from typing import Annotated
 
 import typer
 
-from nasfleet.clients.messages import MAX_SKETCH_VALUES
-from nasfleet.outputs import ExclusiveFile
+from nasfleet.cli.outputs import ExclusiveFile
+from nasfleet.cli.registry import RegistryOption as TenantRegistryOption
+from nasfleet.cli.registry import open_registry
+from nasfleet.cli.service import BrokerOption, ConcurrencyOption, QueueOption, RegistryOption
+from nasfleet.protocol.messages import MAX_SKETCH_VALUES
 from nasfleet.server.api.app import ApiSettings, create_app
 from nasfleet.server.api.runner import ServiceProblems, running_service
 from nasfleet.server.api.schemas import MAX_BUDGET
 from nasfleet.server.api.validation import Limits
-from nasfleet.server.celery_app import DEFAULT_BROKER_URL, DEFAULT_QUEUE, CelerySettings, SettingsError
-from nasfleet.server.orchestrator import FairShare
 from nasfleet.server.registry import DEFAULT_URL, Registry, RegistryError
-from nasfleet.server.registry.cli import RegistryOption as TenantRegistryOption
-from nasfleet.server.registry.cli import open_registry
-from nasfleet.server.service import ServiceOptions
-from nasfleet.server.worker_cli import BrokerOption, ConcurrencyOption, QueueOption, RegistryOption
+from nasfleet.server.service.celery_app import (
+    DEFAULT_BROKER_URL,
+    DEFAULT_QUEUE,
+    CelerySettings,
+    SettingsError,
+)
+from nasfleet.server.service.orchestrator import FairShare
+from nasfleet.server.service.runtime import ServiceOptions
 
 tenants_app = typer.Typer(help="Tenants of the HTTP API and their API keys.", no_args_is_help=True)
 

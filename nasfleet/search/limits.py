@@ -1,13 +1,13 @@
 """A device's search limits: its resource constraints and calibrated profile as the strategy sees them.
 
-Every device's search is a job of the service (`nasfleet.server.job_run`): the job rebuilds the device's
+Every device's search is a job of the service (`nasfleet.server.service.jobs`): the job rebuilds the device's
 synthetic proxy batch from its characteristics and turns its constraints and profile into a feasibility
 check (exact params/FLOPs, weight memory, and the profile's latency model against its latency limit).
 """
 
 from __future__ import annotations
 
-from nasfleet.clients.messages import DeviceProfile, ResourceConstraints
+from nasfleet.protocol.messages import DeviceProfile, ResourceConstraints
 from nasfleet.strategies.base import Constraints
 
 

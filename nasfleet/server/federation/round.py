@@ -4,7 +4,7 @@
 registry writes (tenant, device, training reports), the search jobs, the progress display and the
 per-device summary table.
 
-The searches go through the service (`nasfleet.server.service`), as every search job does: each ok
+The searches go through the service (`nasfleet.server.service.runtime`), as every search job does: each ok
 device's job is submitted to the registry with its characteristics, constraints and calibrated profile
 (whose latency model the job applies to its latency limit), then all the round's jobs run at once
 through the orchestrator and Celery workers, embedded (an SQLite broker in a temporary directory and
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from nasfleet.clients.messages import (
+from nasfleet.protocol.messages import (
     DataCharacteristics,
     DeviceIdentity,
     DeviceProfile,
@@ -34,13 +34,13 @@ from nasfleet.clients.messages import (
     TrainingReport,
 )
 from nasfleet.proxies.engine import progress_bar
-from nasfleet.server.celery_app import SettingsError
-from nasfleet.server.job_run import JobRun, submit_job
 from nasfleet.server.registry import Registry, RegistryError, ReportRecord, ResultRecord
-from nasfleet.server.service import make_service, run_jobs_at_once
+from nasfleet.server.service.celery_app import SettingsError
+from nasfleet.server.service.jobs import JobRun, submit_job
+from nasfleet.server.service.runtime import make_service, run_jobs_at_once
 
 if TYPE_CHECKING:
-    from nasfleet.server.app import RoundConfig
+    from nasfleet.server.federation.app import RoundConfig
 
 
 @dataclass

@@ -17,7 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
-from nasfleet.server.celery_app import (
+from nasfleet.server.registry import DEFAULT_URL, RegistryError
+from nasfleet.server.service.celery_app import (
     DEFAULT_BROKER_URL,
     DEFAULT_QUEUE,
     CelerySettings,
@@ -25,10 +26,9 @@ from nasfleet.server.celery_app import (
     make_app,
     resolve_queue,
 )
-from nasfleet.server.containment import registry_unreachable
-from nasfleet.server.orchestrator import FairShare, Orchestrator
-from nasfleet.server.registry import DEFAULT_URL, RegistryError
-from nasfleet.server.service import LocalWorkers, Service, ServiceOptions, broker_problem
+from nasfleet.server.service.containment import registry_unreachable
+from nasfleet.server.service.orchestrator import FairShare, Orchestrator
+from nasfleet.server.service.runtime import LocalWorkers, Service, ServiceOptions, broker_problem
 
 RETRY_S = 2.0
 

@@ -1,7 +1,7 @@
 """The service around the orchestrator: Celery dispatcher, local worker processes, embedded and distributed.
 
 Embedded (the default, no servers): the broker is an SQLite file in a state directory and `LocalWorkers`
-starts ``celery -A nasfleet.server.celery_app worker`` processes itself and stops them (by process
+starts ``celery -A nasfleet.server.service.celery_app worker`` processes itself and stops them (by process
 group) when done, also on error. Distributed: the broker is ``redis://`` or ``amqp://``, the registry
 ``postgresql+psycopg://``, and workers are ``nasfleet worker`` processes started on any machines;
 ``local_workers`` may still add some here. `Service` puts the pieces together; `make_service` builds the
@@ -27,19 +27,19 @@ import redis
 from celery import Celery
 from kombu.utils.url import maybe_sanitize_url
 
-from nasfleet.server.celery_app import (
+from nasfleet.server.registry import DEFAULT_URL as DEFAULT_REGISTRY_URL
+from nasfleet.server.registry import Registry, ResultRecord
+from nasfleet.server.service.celery_app import (
     CelerySettings,
     SettingsError,
     make_app,
     resolve_queue,
     sqlite_broker_url,
 )
-from nasfleet.server.job_run import JobRun
-from nasfleet.server.liveness import PARENT_ENV, WorkerWatch
-from nasfleet.server.orchestrator import FairShare, Orchestrator
-from nasfleet.server.registry import DEFAULT_URL as DEFAULT_REGISTRY_URL
-from nasfleet.server.registry import Registry, ResultRecord
-from nasfleet.server.tasks import TASK_NAME
+from nasfleet.server.service.jobs import JobRun
+from nasfleet.server.service.liveness import PARENT_ENV, WorkerWatch
+from nasfleet.server.service.orchestrator import FairShare, Orchestrator
+from nasfleet.server.service.tasks import TASK_NAME
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -68,7 +68,7 @@ def embedded_settings(state_dir: str | Path, registry: str | None = None, **opti
 
 def worker_command(
     settings: CelerySettings, concurrency: int, pool: str = "prefork", name: str | None = None,
-    app_module: str = "nasfleet.server.celery_app", loglevel: str = "WARNING",
+    app_module: str = "nasfleet.server.service.celery_app", loglevel: str = "WARNING",
 ) -> list[str]:  # fmt: skip
     """The ``celery worker`` command line of one local worker process."""
     command = [sys.executable, "-m", "celery", "-A", app_module, "worker", f"--pool={pool}",
@@ -94,7 +94,7 @@ class LocalWorkers:
 
     def __init__(
         self, settings: CelerySettings, state_dir: str | Path, *, processes: int = 1, concurrency: int = 1,
-        pool: str = "prefork", app_module: str = "nasfleet.server.celery_app",
+        pool: str = "prefork", app_module: str = "nasfleet.server.service.celery_app",
         env: Mapping[str, str] | None = None, log_dir: str | Path | None = None,
     ) -> None:  # fmt: skip
         if processes < 1 or concurrency < 1:

@@ -20,7 +20,7 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from nasfleet.outputs import check_output, write_output
+from nasfleet.cli.outputs import check_output, write_output
 from nasfleet.server.registry.models import JobRecord, RegistryError, ReportRecord
 from nasfleet.server.registry.storage import DEFAULT_URL, Registry
 

@@ -16,7 +16,7 @@ within a tenant round-robin over its jobs. Because the queue never holds more th
 archs, the broker's FIFO order cannot undo the orchestrator's: a tenant with a huge job gets its share
 of the workers, and a small job of another tenant starts and finishes without waiting behind it.
 
-Crash safety: jobs resume from their checkpoints (see `nasfleet.server.job_run`). A task that is lost
+Crash safety: jobs resume from their checkpoints (see `nasfleet.server.service.jobs`). A task that is lost
 (its worker died and the broker does not redeliver, e.g. the whole SQLite-broker worker was killed) is
 sent again after ``lost_after_s``; the task is idempotent. One orchestrator per registry (or per disjoint
 set of tenants): a restarted one takes over the jobs left running.
@@ -31,15 +31,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from nasfleet.server.containment import describe, registry_unreachable
-from nasfleet.server.job_run import JobRun
-from nasfleet.server.liveness import WorkerWatch
 from nasfleet.server.registry import CacheEntry, CacheKey, Registry, RegistryError, ResultRecord
-from nasfleet.server.tasks import make_payload, score_locally
+from nasfleet.server.service.containment import describe, registry_unreachable
+from nasfleet.server.service.jobs import JobRun
+from nasfleet.server.service.liveness import WorkerWatch
+from nasfleet.server.service.tasks import make_payload, score_locally
 
 log = logging.getLogger(__name__)
 #: What one job may raise while it is prepared, stepped or stored: anything. It fails that job alone; only
-#: an unreachable registry (`nasfleet.server.containment.registry_unreachable`) stops the loop.
+#: an unreachable registry (`nasfleet.server.service.containment.registry_unreachable`) stops the loop.
 JOB_ERRORS: tuple[type[Exception], ...] = (Exception,)
 
 

@@ -15,7 +15,7 @@ import sqlite3
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from nasfleet.clients.checks import MessageError
+from nasfleet.protocol.checks import MessageError
 from nasfleet.proxies.base import ProxyError
 from nasfleet.search import SearchError
 from nasfleet.server.registry import RegistryError

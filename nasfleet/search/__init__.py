@@ -3,9 +3,9 @@
 `run_search` is the library's in-process function: the strategy, the feasibility check, the evaluation
 cache, the scoring and the aggregation all run in the calling process (tests and experiments use it).
 ``nasfleet search`` and the federation round run searches as jobs of the service instead
-(`nasfleet.server.job_run`, `nasfleet.server.orchestrator`), which sends the scoring to Celery workers
-and keeps the cache and the archive in the registry. Both keep the loop's order of operations, the
-contract a strategy relies on, and share its steps (`check_asked`, `archive_fitness`):
+(`nasfleet.server.service.jobs`, `nasfleet.server.service.orchestrator`), which sends the scoring to
+Celery workers and keeps the cache and the archive in the registry. Both keep the loop's order of
+operations, the contract a strategy relies on, and share its steps (`check_asked`, `archive_fitness`):
 
 1. ``archs = strategy.ask(ask_size)``; each must be valid and feasible (the strategy repairs; a breach
    of that contract is a `SearchError`, never a silent skip);

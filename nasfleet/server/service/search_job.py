@@ -25,10 +25,10 @@ from typing import Any
 
 from kombu.utils.url import maybe_sanitize_url
 
-from nasfleet.clients.messages import DataCharacteristics, ResourceConstraints
+from nasfleet.protocol.messages import DataCharacteristics, ResourceConstraints
 from nasfleet.search import SearchError, SearchResult, search_progress
-from nasfleet.server.job_run import CACHE_WORKER, JobOptions, JobRun, submit_job
-from nasfleet.server.service import make_service, run_jobs_at_once
+from nasfleet.server.service.jobs import CACHE_WORKER, JobOptions, JobRun, submit_job
+from nasfleet.server.service.runtime import make_service, run_jobs_at_once
 
 
 @dataclass(frozen=True)

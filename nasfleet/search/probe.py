@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from nasfleet.clients.messages import DataCharacteristics
+from nasfleet.protocol.messages import DataCharacteristics
 from nasfleet.proxies.probe import ProbeBatch
 
 MIN_BATCH_SIZE = 2

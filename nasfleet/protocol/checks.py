@@ -4,7 +4,7 @@ Every check takes the field's name, its rule's bounds and the value as it arrive
 no number, a ``float`` is no integer, ``"3"`` is neither) and raises `MessageError` with the text
 ``"<field> must be <rule>, but got <value>"``. Ranges are closed intervals; a number outside its range
 (or NaN, or infinite, or an integer too big for a float) is refused before any arithmetic touches it, so
-nothing downstream can overflow. `nasfleet.clients.messages` holds the ranges of every message.
+nothing downstream can overflow. `nasfleet.protocol.messages` holds the ranges of every message.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from nasfleet.clients.checks import MessageError as MessageError  # re-exported: the boundary's error
-from nasfleet.clients.checks import (
+from nasfleet.protocol.checks import MessageError as MessageError  # re-exported: the boundary's error
+from nasfleet.protocol.checks import (
     identifier,
     integer,
     known_keys,
@@ -31,7 +31,7 @@ from nasfleet.clients.checks import (
     safe_name,
     text,
 )
-from nasfleet.clients.checks import require as require  # re-exported
+from nasfleet.protocol.checks import require as require  # re-exported
 
 SCHEMA_VERSION = 1
 MAX_CLASSES = 1000

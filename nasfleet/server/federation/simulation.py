@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from flwr.simulation import run_simulation
 
 from nasfleet.clients.app import ConfigValue, make_client_app
-from nasfleet.server.app import RoundConfig, make_server_app
-from nasfleet.server.round import DeviceOutcome, RoundRecorder
+from nasfleet.server.federation.app import RoundConfig, make_server_app
+from nasfleet.server.federation.round import DeviceOutcome, RoundRecorder
 
 QUIET_FLOWER = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol, Self, TypeVar
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from nasfleet.clients.messages import Arrays, MessageError, Scalars, Wire, require
+from nasfleet.protocol.messages import Arrays, MessageError, Scalars, Wire, require
 
 MAX_JSON_CHARS = 1_000_000
 

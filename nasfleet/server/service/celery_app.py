@@ -1,9 +1,10 @@
 """The Celery app that scores candidates: embedded (SQLite broker, no server) by default, distributed by URL.
 
-Configuration comes from `CelerySettings`, which a worker started by ``celery -A nasfleet.server.celery_app
-worker`` reads from the environment (``NASFLEET_BROKER``, ``NASFLEET_REGISTRY``, ``NASFLEET_QUEUE``,
-``NASFLEET_SOFT_TIME_LIMIT``, ``NASFLEET_TIME_LIMIT``): the embedded launcher and ``nasfleet worker`` set
-them, so every process of one service agrees on the broker, the registry and the queue.
+Configuration comes from `CelerySettings`, which a worker started by ``celery -A
+nasfleet.server.service.celery_app worker`` reads from the environment (``NASFLEET_BROKER``,
+``NASFLEET_REGISTRY``, ``NASFLEET_QUEUE``, ``NASFLEET_SOFT_TIME_LIMIT``, ``NASFLEET_TIME_LIMIT``): the
+embedded launcher and ``nasfleet worker`` set them, so every process of one service agrees on the broker,
+the registry and the queue.
 
 Brokers:
 
@@ -21,7 +22,8 @@ Delivery is at least once (``acks_late``, ``task_reject_on_worker_lost``): the t
 
 Isolation: unless a queue is named, a deployment's tasks travel on ``nasfleet.<deployment id>``, the
 random id its registry stores (`resolve_queue`), and every task carries that id, which a worker of
-another registry refuses. Each worker's main process beats in the registry (`nasfleet.server.liveness`).
+another registry refuses. Each worker's main process beats in the
+registry (`nasfleet.server.service.liveness`).
 """
 
 from __future__ import annotations
@@ -44,9 +46,9 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
-from nasfleet.server.liveness import Heartbeat
 from nasfleet.server.registry import DEFAULT_URL as DEFAULT_REGISTRY_URL
 from nasfleet.server.registry import Registry
+from nasfleet.server.service.liveness import Heartbeat
 
 DEFAULT_BROKER_URL = "sqlite:///nasfleet-broker.db"
 DEFAULT_QUEUE = ""  # the deployment's: see `resolve_queue`
@@ -92,7 +94,7 @@ class _SQLiteChannel(kombu_sqlalchemy.Channel):
     def _get(self, queue: Any, timeout: Any = None) -> Any:
         """The oldest message of *queue*, deleted as it is delivered: kombu only hides delivered messages,
         so the file grew forever. An unacknowledged one is put back when the channel closes; one whose
-        worker was killed is sent again by the orchestrator (`nasfleet.server.liveness`)."""
+        worker was killed is sent again by the orchestrator (`nasfleet.server.service.liveness`)."""
         obj = self._get_or_create(queue)
         self.session.execute(text("BEGIN IMMEDIATE TRANSACTION"))
         try:
@@ -264,7 +266,7 @@ def configure(app: Celery, settings: CelerySettings) -> Celery:
 
 def make_app(settings: CelerySettings | None = None) -> Celery:
     """A configured Celery app with the scoring task registered."""
-    app = Celery("nasfleet", include=["nasfleet.server.tasks"])
+    app = Celery("nasfleet", include=["nasfleet.server.service.tasks"])
     return configure(app, settings or CelerySettings.from_env())
 
 

@@ -13,10 +13,10 @@ from typing import Annotated
 
 import typer
 
-from nasfleet.clients.messages import MAX_CLASSES, MAX_SKETCH_RANK
+from nasfleet.protocol.messages import MAX_CLASSES, MAX_SKETCH_RANK
 from nasfleet.proxies.engine import DEVICES
+from nasfleet.search.probe import MAX_BATCH_SIZE
 from nasfleet.server.api.schemas import MAX_BUDGET, MAX_COUNT, MAX_SEED
-from nasfleet.server.synthetic import MAX_BATCH_SIZE
 from nasfleet.spaces import SPACES
 
 __all__ = ["MAX_BATCH_SIZE", "MAX_BUDGET", "MAX_CLASSES", "MAX_COUNT", "MAX_SEED", "MAX_SKETCH_RANK"]

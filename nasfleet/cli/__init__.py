@@ -14,7 +14,7 @@ import numpy as np
 import typer
 
 import nasfleet.proxies  # noqa: F401 - importing the package fills the proxy and aggregate registries
-from nasfleet.cli_options import (
+from nasfleet.cli.options import (
     DEFAULT_REGISTRY,
     MAX_ARCHS,
     MAX_BATCH_SIZE,
@@ -35,18 +35,18 @@ from nasfleet.cli_options import (
     WorkersOption,
     finite,
 )  # fmt: skip
-from nasfleet.outputs import check_output, check_output_directory, write_csv, write_output
+from nasfleet.cli.outputs import check_output, check_output_directory, write_csv, write_output
+from nasfleet.cli.registry import registry_app
+from nasfleet.cli.serve import serve, tenants_app
+from nasfleet.cli.service import orchestrate, worker
 from nasfleet.proxies.base import ProxyError
 from nasfleet.proxies.engine import add_aggregates, check_device, expand_names, score_archs
 from nasfleet.proxies.probe import ProbeBatch
-from nasfleet.server.api.cli import serve, tenants_app
-from nasfleet.server.registry.cli import registry_app
-from nasfleet.server.worker_cli import orchestrate, worker
 from nasfleet.spaces import ArchitectureError, Genome, InputShape, SearchSpace, get_space
 from nasfleet.spaces.base import check_input_shape
 
 if TYPE_CHECKING:
-    from nasfleet.clients import Dataset
+    from nasfleet.data.datasets import Dataset
     from nasfleet.search import SearchConfig, SearchResult
 
 app = typer.Typer(
@@ -154,7 +154,7 @@ def _expand(proxies: str, labeled: bool) -> tuple[tuple[str, ...], tuple[str, ..
 
 def _train_split(data: str) -> Dataset:
     """The train split of ``data``."""
-    from nasfleet.clients import load_dataset
+    from nasfleet.data.datasets import load_dataset
 
     try:
         return load_dataset(data, "train")
@@ -268,7 +268,7 @@ def bench_correlation(
     Accuracies are read only after scoring, to measure; they never reach a proxy or an aggregate.
     """
     from nasfleet.bench import CorrelationRun, run_correlation
-    from nasfleet.clients.data import default_data_dir
+    from nasfleet.data.datasets import default_data_dir
 
     truth = ground_truth or default_data_dir() / "nas-bench-201" / "nb201-accuracy-200ep.csv"
     if not truth.is_file():
@@ -341,7 +341,7 @@ CONSTRAINT_HINT = "--max-params / --max-flops"
 
 def _check_service(broker: str, registry: str, workers: int) -> None:
     """The service options make sense: a known broker scheme, and a local worker when embedded."""
-    from nasfleet.server.celery_app import CelerySettings, SettingsError
+    from nasfleet.server.service.celery_app import CelerySettings, SettingsError
 
     if not broker and workers < 1:
         raise typer.BadParameter(
@@ -407,13 +407,13 @@ def search(
     the archive, timing (scoring against orchestration overhead), the strategy's state and the job.
     """
     from nasfleet.clients.characteristics import extract_characteristics
-    from nasfleet.clients.messages import ResourceConstraints
+    from nasfleet.protocol.messages import ResourceConstraints
     from nasfleet.search import SearchError, make_strategy
-    from nasfleet.server.celery_app import SettingsError
-    from nasfleet.server.job_run import JobOptions
     from nasfleet.server.registry import RegistryError
     from nasfleet.server.registry.models import check_name
-    from nasfleet.server.search_job import search_through_service
+    from nasfleet.server.service.celery_app import SettingsError
+    from nasfleet.server.service.jobs import JobOptions
+    from nasfleet.server.service.search_job import search_through_service
     from nasfleet.strategies import InfeasibleSearchError, StrategyError
 
     search_space, labeled = _space(space), not unlabeled
@@ -511,9 +511,10 @@ def simulate(
     FG-NAS on a synthetic batch rebuilt from the device's characteristics; each device trains its SubNet
     locally and reports back, and everything is stored in the registry.
     """
-    from nasfleet.clients import load_dataset, partition
-    from nasfleet.server.app import RoundConfig
-    from nasfleet.server.simulation import simulate as run_federation
+    from nasfleet.data.datasets import load_dataset
+    from nasfleet.data.partition import partition
+    from nasfleet.server.federation.app import RoundConfig
+    from nasfleet.server.federation.simulation import simulate as run_federation
 
     _check_strategy_name(strategy)
     _space(space)
@@ -584,7 +585,3 @@ def strategies_list() -> None:
 def main() -> None:
     """Entry point of the ``nasfleet`` console script."""
     app()
-
-
-if __name__ == "__main__":
-    main()

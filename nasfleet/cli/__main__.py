@@ -1,0 +1,5 @@
+"""``python -m nasfleet.cli``: the ``nasfleet`` command."""
+
+from nasfleet.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Datasets (CIFAR-10, scikit-learn digits, synthetic) and their partitioning across devices."""

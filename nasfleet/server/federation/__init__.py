@@ -1,0 +1,1 @@
+"""The Flower server: the ServerApp, one federation round, and the simulation that runs it locally."""

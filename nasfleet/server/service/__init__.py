@@ -1,0 +1,1 @@
+"""The job service: search jobs, the orchestrator, the Celery scoring task, its app and its workers."""
