@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from nasfleet import checks
+
 #: Largest magnitude of a sketch value; clipped data is within sqrt(C*H*W) <= 111 of zero.
 MAX_SKETCH_MAGNITUDE = 1e6
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -26,19 +28,9 @@ class MessageError(ValueError):
     """A message that breaks its schema; the text names the field, the rule and the value."""
 
 
-def shown(value: object, limit: int = 200) -> str:
-    """``repr(value)`` cut to *limit* characters; safe for values whose repr itself fails."""
-    try:
-        text = repr(value)
-    except (ValueError, RecursionError):  # an int of more than 4300 digits, a deeply nested list
-        text = f"<{type(value).__name__} too large to show>"
-    return text[:limit]
-
-
 def require(ok: bool, field: str, rule: str, value: object) -> None:
     """Raise `MessageError` unless *ok*: ``"<field> must be <rule>, but got <value>"``."""
-    if not ok:
-        raise MessageError(f"{field} must be {rule}, but got {shown(value)}")
+    checks.require(ok, field, rule, value, MessageError)
 
 
 def is_integer(value: object) -> bool:
