@@ -33,7 +33,7 @@ from typer.testing import CliRunner
 
 from nasfleet.cli.serve import tenants_app
 from nasfleet.server.api.runner import OrchestratorLoop
-from nasfleet.server.service.tasks import make_space
+from nasfleet.spaces import get_space
 
 MAX_BODY = 65_536
 MAX_SKETCH_VALUES = 5_000
@@ -181,7 +181,7 @@ def wait_finished(client: httpx.Client, job_id: str, timeout_s: float = 180) -> 
 def check_result(result: dict[str, Any], body: dict[str, Any]) -> None:
     """The result's costs are exact and its description builds the SubNet for the device's inputs."""
     subnet = result["subnet"]
-    space = make_space(subnet["space"], subnet["space_options"])
+    space = get_space(subnet["space"], subnet["space_options"])
     genome = space.decode(result["arch"])
     assert subnet["genome"] == list(genome) and subnet["arch"] == result["arch"]
     shape, classes = tuple(body["characteristics"]["input_shape"]), body["characteristics"]["num_classes"]

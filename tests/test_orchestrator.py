@@ -39,9 +39,9 @@ from nasfleet.server.service.tasks import (
     decode_characteristics,
     encode_characteristics,
     make_payload,
-    make_space,
     parse_request,
 )
+from nasfleet.spaces import get_space
 from nasfleet.strategies import get_strategy
 from nasfleet.strategies.base import Feasibility
 
@@ -87,7 +87,7 @@ def test_a_job_searches_as_the_in_process_loop_does(registry: Registry) -> None:
     # Prepare: the same search through run_search and through the orchestrator (scoring seed = seed).
     chars, seed, options = characteristics(0), 3, replace(OPTIONS, scoring_seed=3)
     job = submit_job(registry, "acme", chars, budget=12, seed=seed, options=options)
-    space = make_space("nb201", options.space_options)
+    space = get_space("nb201", options.space_options)
     batch = synthetic_probe_batch(chars, options.batch_size, seed)
     config = SearchConfig("nb201", "evolution", 12, seed, options.ask_size)
     strategy = get_strategy(
@@ -274,7 +274,7 @@ def test_a_job_whose_constraints_admit_nothing_fails_with_the_reason(registry: R
 # -- the task's boundary -------------------------------------------------------------------------------------
 def _valid() -> tuple[dict[str, Any], list[str]]:
     spec = ScoringSpec("nb201", ("fg_fi", "fg_fc"), 8, 0, {"channels": 8, "cells_per_stage": 1})
-    arch = make_space("nb201").encode(make_space("nb201").sample(np.random.default_rng(0)))
+    arch = get_space("nb201").encode(get_space("nb201").sample(np.random.default_rng(0)))
     return make_payload("ab" * 16, "cd" * 32, spec, "ef" * 16), [arch]
 
 

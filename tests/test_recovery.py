@@ -45,6 +45,7 @@ from nasfleet.server.service.runtime import (
     embedded_settings,
 )
 from nasfleet.server.service.tasks import make_payload
+from nasfleet.spaces import get_space
 
 PLAN = [("acme", 1, 12, 0), ("globex", 2, 12, 1)]
 
@@ -141,7 +142,7 @@ def test_registries_have_their_own_queues_and_refuse_each_others_tasks(
     with Registry(f"sqlite:///{tmp_path}/a.db") as ours, Registry(f"sqlite:///{tmp_path}/b.db") as theirs:
         assert deployment_queue(ours.deployment_id) != deployment_queue(theirs.deployment_id)
         job = submit_plan(ours, PLAN[:1])[0]
-        space = tasks.make_space("nb201", {"channels": 8, "cells_per_stage": 1})
+        space = get_space("nb201", {"channels": 8, "cells_per_stage": 1})
         arch = space.encode(space.sample(np.random.default_rng(0)))
         scoring = tasks.ScoringSpec("nb201", ("fg_fi",), 8, 0, {"channels": 8, "cells_per_stage": 1})
         payload = make_payload(job.id, job.characteristics_hash, scoring, theirs.deployment_id)

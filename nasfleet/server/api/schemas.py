@@ -250,7 +250,7 @@ class MBV2Stage(BaseModel):
 class SubNetDescription(BaseModel):
     """All a device needs to build the SubNet.
 
-    ``make_space(space, space_options).build(genome, num_classes, input_shape)`` builds it.
+    ``get_space(space, space_options).build(genome, num_classes, input_shape)`` builds it.
     """
 
     space: str

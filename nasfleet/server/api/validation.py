@@ -32,8 +32,7 @@ from nasfleet.search.limits import search_constraints
 from nasfleet.server.api.errors import ApiError, invalid
 from nasfleet.server.api.schemas import Base64Array, CharacteristicsIn, SubmitRequest
 from nasfleet.server.service.jobs import JobOptions
-from nasfleet.server.service.tasks import make_space
-from nasfleet.spaces import SearchSpace
+from nasfleet.spaces import SearchSpace, get_space
 from nasfleet.strategies.base import Feasibility, StrategyError
 from nasfleet.strategies.discovery import discover_strategies, get_strategy
 
@@ -149,7 +148,7 @@ def _space(body: SubmitRequest) -> SearchSpace:
     options = body.space_options.model_dump(exclude_none=True)
     if options and body.space != "nb201":
         raise invalid("space_options", f"must be empty for space {body.space!r}, but got {options}")
-    return make_space(body.space, options)
+    return get_space(body.space, options)
 
 
 def _feasibility(space: SearchSpace, spec: JobSpec, device_profile: DeviceProfile | None) -> Feasibility:

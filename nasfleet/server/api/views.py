@@ -16,8 +16,8 @@ from nasfleet.server.api.schemas import (
 )
 from nasfleet.server.registry import DeviceRecord, JobRecord, ReportRecord, ResultRecord
 from nasfleet.server.service.jobs import JobOptions
-from nasfleet.server.service.tasks import decode_characteristics, make_space
-from nasfleet.spaces import MBV2Space, NB201Space
+from nasfleet.server.service.tasks import decode_characteristics
+from nasfleet.spaces import MBV2Space, NB201Space, get_space
 from nasfleet.spaces.nb201 import EDGES, OPS
 
 
@@ -35,7 +35,7 @@ def subnet(job: JobRecord, arch: str) -> SubNetDescription:
     """Space, options, arch, genome, classes and input shape; the nb201 cell or the mbv2 stages."""
     options = JobOptions.from_options(job.options)
     space_options = {key: int(value) for key, value in options.space_options.items()}
-    space = make_space(job.space, space_options)
+    space = get_space(job.space, space_options)
     genome = space.decode(arch)
     data = decode_characteristics(job.options.get("characteristics"))
     description = SubNetDescription(

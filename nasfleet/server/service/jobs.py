@@ -48,9 +48,8 @@ from nasfleet.server.service.tasks import (
     ScoringSpec,
     decode_characteristics,
     encode_characteristics,
-    make_space,
 )
-from nasfleet.spaces import Genome
+from nasfleet.spaces import Genome, get_space
 from nasfleet.strategies.base import Feasibility
 from nasfleet.strategies.discovery import get_strategy
 
@@ -189,7 +188,7 @@ class JobRun:
         if digest != record.characteristics_hash:
             raise SearchError(f"job {record.id}: stored characteristics hash to {digest}, "
                               f"but the job names {record.characteristics_hash}")  # fmt: skip
-        self.space = make_space(record.space, self.options.space_options)
+        self.space = get_space(record.space, self.options.space_options)
         self.feasible = self._feasibility()
         scoring_seed = None if self.options.scoring_seed == record.seed else self.options.scoring_seed
         self.config = SearchConfig(

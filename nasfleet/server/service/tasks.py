@@ -118,7 +118,7 @@ class ScoringSpec:
         _require(isinstance(options, Mapping), "scoring.space_options", "a mapping", options)
         assert isinstance(options, Mapping)
         try:
-            make_space(str(space), options)
+            get_space(str(space), options)
         except (TypeError, ValueError) as error:
             raise PayloadError(f"scoring.space_options: {error}") from None
         data = data.get("data", "")
@@ -147,15 +147,6 @@ class BatchRequest:
 
     def key(self, arch: str) -> CacheKey:
         return CacheKey(arch, self.characteristics_hash, self.scoring.digest())
-
-
-def make_space(name: str, options: Mapping[str, Any] | None = None) -> SearchSpace:
-    """The space *name* built with *options* (e.g. a small NB201: ``channels``, ``cells_per_stage``)."""
-    if not options:
-        return get_space(name)
-    if name not in SPACES:
-        raise ValueError(f"space must be one of {sorted(SPACES)}, but got {name!r}")
-    return SPACES[name](**options)
 
 
 def make_payload(
@@ -188,7 +179,7 @@ def parse_request(payload: object, archs: object) -> BatchRequest:
     ok = isinstance(archs, list | tuple) and 0 < len(archs) <= MAX_ARCHS_PER_TASK
     _require(ok, "archs", f"a list of 1 to {MAX_ARCHS_PER_TASK} arch strings", archs)
     assert isinstance(archs, list | tuple)
-    space = make_space(scoring.space, scoring.space_options)
+    space = get_space(scoring.space, scoring.space_options)
     canonical = tuple(_canonical(space, index, arch) for index, arch in enumerate(archs))
     _require(len(set(canonical)) == len(canonical), "archs", "distinct architectures", list(archs))
     return BatchRequest(job_id, characteristics_hash, scoring, canonical, deployment)
@@ -328,7 +319,7 @@ def score_request(registry: Registry, request: BatchRequest, worker: str = "") -
     except ProxyError as error:
         raise PayloadError(f"scoring.proxies: {error}") from None
     batch = probe_batch(characteristics, request.scoring)
-    space = make_space(request.scoring.space, request.scoring.space_options)
+    space = get_space(request.scoring.space, request.scoring.space_options)
     keys = [request.key(arch) for arch in request.archs]
     cached = registry.cache_get(keys)
     scored: dict[str, dict[str, float]] = {}
