@@ -1,4 +1,4 @@
-"""Name-to-class registries for plug-ins: names become classes only at the edges."""
+"""The name-to-class plug-in table (`PluginTable`): names become classes only at the edges."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 
-class Registry(dict[str, type[T]], Generic[T]):
+class PluginTable(dict[str, type[T]], Generic[T]):
     """Plug-in classes by their ``name`` attribute; unknown names raise ``error`` listing the known ones."""
 
     def __init__(self, kind: str, error: type[Exception] = ValueError) -> None:

@@ -1,4 +1,5 @@
-"""Shared fixtures: the URLs of the services distributed mode uses, each checked reachable first.
+"""Shared fixtures: the URLs of the services distributed mode uses, each checked reachable first, a Redis
+database of a module's own, and one torch thread.
 
 A service that cannot be reached skips the test that needs it, unless the environment variable ``CI``
 is set (``CI=true``): then the test fails loudly, so that CI can never pass by skipping. The URLs can be
@@ -91,3 +92,32 @@ def amqp_url() -> str:
     if problem is not None:
         _unavailable("RabbitMQ", AMQP_URL, problem)
     return AMQP_URL
+
+
+@pytest.fixture
+def redis_broker(redis_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The Redis database ``REDIS_DB`` of the test's module (modules use distinct ones), emptied before
+    and after the test."""
+    import redis
+
+    url = redis_url.rsplit("/", 1)[0] + f"/{request.module.REDIS_DB}"
+    redis.Redis.from_url(url).flushdb()
+    try:
+        yield url
+    finally:
+        redis.Redis.from_url(url).flushdb()
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch intra-op thread during the test: on tiny tensors more threads only add contention (tests
+    run many times slower on a loaded host), and timings are steadier. Use it module-wide with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -13,9 +13,7 @@ import base64
 import contextlib
 import copy
 import json
-import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +26,17 @@ import numpy as np
 import pytest
 import torch
 import typer
-from service_support import python
+from service_support import (
+    MISSING_JOB,
+    alive,
+    api_client,
+    child_process,
+    children,
+    free_port,
+    job_routes,
+    kill_groups,
+    python,
+)
 from typer.testing import CliRunner
 
 from nasfleet.cli.serve import tenants_app
@@ -39,7 +47,6 @@ MAX_BODY = 65_536
 MAX_SKETCH_VALUES = 5_000
 MAX_ACTIVE = 2
 TENANTS = ("acme", "globex", "initech")
-MISSING = "0123456789abcdef0123456789abcdef"
 SERVE = python("import typer", "from nasfleet.cli.serve import serve", "typer.run(serve)")
 
 
@@ -51,11 +58,11 @@ class Server:
     proc: subprocess.Popen[bytes]
 
     def client(self, tenant: str | None = None, **headers: str) -> httpx.Client:
-        auth = {"Authorization": f"Bearer {self.keys[tenant]}"} if tenant else {}
-        return httpx.Client(base_url=self.url, headers={**auth, **headers}, timeout=60)
+        return api_client(self.url, self.keys[tenant] if tenant else None, **headers)
 
 
-def _tenants(*args: str) -> str:
+def tenants(*args: str) -> str:
+    """``nasfleet tenants ARGS``, run in process; its standard output."""
     cli = typer.Typer()
     cli.add_typer(tenants_app, name="tenants")
     result = CliRunner().invoke(cli, ["tenants", *args])
@@ -63,62 +70,32 @@ def _tenants(*args: str) -> str:
     return result.stdout.strip()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _children(pid: int) -> list[int]:
-    """Live processes whose parent is *pid* (the server's local worker processes)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
-
-
-def _kill_groups(pids: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     directory = tmp_path_factory.mktemp("api")
     registry = f"sqlite:///{directory / 'registry.sqlite'}"
-    keys = {tenant: _tenants("create", tenant, "--registry", registry) for tenant in TENANTS}
-    port = _free_port()
+    keys = {tenant: tenants("create", tenant, "--registry", registry) for tenant in TENANTS}
+    port = free_port()
     broker = f"sqlite:///{directory / 'broker.sqlite'}"
     options = ["--port", str(port), "--registry", registry, "--broker", broker, "--state-dir",
                str(directory / "state"), "--max-body-bytes", str(MAX_BODY), "--max-sketch-values",
                str(MAX_SKETCH_VALUES), "--max-active-jobs", str(MAX_ACTIVE), "--max-budget",
                "5000"]  # fmt: skip
-    with open(directory / "serve.log", "ab") as log:
-        proc = subprocess.Popen([*SERVE, *options], stdout=log, stderr=log, start_new_session=True)
-    workers: list[int] = []
-    try:
-        _wait_healthy(f"http://127.0.0.1:{port}", proc, directory / "serve.log")
-        workers = _children(proc.pid)
-        yield Server(f"http://127.0.0.1:{port}", registry, keys, proc)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        _kill_groups(workers)  # only if the server failed to stop them itself
+    with child_process([*SERVE, *options], directory / "serve.log") as proc:  # SIGKILLed if still there
+        wait_healthy(f"http://127.0.0.1:{port}", proc, directory / "serve.log")
+        workers = children(proc.pid)  # the server's local worker processes
+        try:
+            yield Server(f"http://127.0.0.1:{port}", registry, keys, proc)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=60)
+    kill_groups(workers)  # only if the server failed to stop them itself
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait until ``nasfleet serve`` at *url* says its orchestrator runs; fail with its log if it exits."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"nasfleet serve exited with {proc.returncode}: {log.read_text()[-2000:]}"
@@ -245,15 +222,8 @@ def test_two_tenants_submit_poll_and_fetch_their_subnets(server: Server) -> None
         assert finished.status_code == 409 and finished.json()["error"] == "finished"
 
 
-def _job_requests(job_id: str) -> list[tuple[str, str, dict[str, Any] | None]]:
-    report = {"arch": "a", "accuracy": 0.5, "loss": 1.0, "train_seconds": 1.0, "num_train": 1, "num_test": 1}
-    return [
-        ("GET", f"/v1/jobs/{job_id}", None),
-        ("GET", f"/v1/jobs/{job_id}/result", None),
-        ("POST", f"/v1/jobs/{job_id}/cancel", None),
-        ("POST", f"/v1/jobs/{job_id}/reports", report),
-        ("GET", f"/v1/jobs/{job_id}/reports", None),
-    ]
+#: The smallest valid training report; its ``arch`` must be the job's SubNet to be recorded.
+REPORT = {"arch": "a", "accuracy": 0.5, "loss": 1.0, "train_seconds": 1.0, "num_train": 1, "num_test": 1}
 
 
 def _answer(response: httpx.Response) -> tuple[int, bytes, str]:
@@ -269,7 +239,7 @@ def test_another_tenants_jobs_and_devices_answer_as_missing_ones(server: Server)
         wait_finished(globex, own["id"])
         # Execute and Assert: every job route answers byte for byte as for an id nobody has
         for (method, path, body), (_, missing, _) in zip(
-            _job_requests(job["id"]), _job_requests(MISSING), strict=True
+            job_routes(job["id"], REPORT), job_routes(MISSING_JOB, REPORT), strict=True
         ):
             theirs = globex.request(method, path, json=body)
             assert theirs.status_code == 404, (path, theirs.text)
@@ -279,14 +249,7 @@ def test_another_tenants_jobs_and_devices_answer_as_missing_ones(server: Server)
         assert "acme-cam" not in {d["name"] for d in globex.get("/v1/devices").json()["devices"]}
         # A device name resolves among the caller's devices only: acme's answers as a made-up one
         arch = globex.get(f"/v1/jobs/{own['id']}/result").json()["arch"]
-        report = {
-            "arch": arch,
-            "accuracy": 0.5,
-            "loss": 1.0,
-            "train_seconds": 1.0,
-            "num_train": 1,
-            "num_test": 1,
-        }
+        report = {**REPORT, "arch": arch}
         answers = [globex.post(f"/v1/jobs/{own['id']}/reports", json={**report, "device": name})
                    for name in ("acme-cam", "ghost-cam")]  # fmt: skip
         assert [a.status_code for a in answers] == [422, 422]
@@ -297,23 +260,25 @@ def test_another_tenants_jobs_and_devices_answer_as_missing_ones(server: Server)
         wait_finished(globex, again["id"])
 
 
-def _set(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+def _copy_at(body: dict[str, Any], path: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """A deep copy of *body*, the mapping in it that holds the dotted *path*'s last key, and that key."""
     changed = copy.deepcopy(body)
     *parents, last = path.split(".")
     target = changed
     for key in parents:
         target = target[key]
-    target[last] = value
+    return changed, target, last
+
+
+def _set(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    changed, parent, key = _copy_at(body, path)
+    parent[key] = value
     return changed
 
 
 def _drop(body: dict[str, Any], path: str) -> dict[str, Any]:
-    changed = copy.deepcopy(body)
-    *parents, last = path.split(".")
-    target = changed
-    for key in parents:
-        target = target[key]
-    del target[last]
+    changed, parent, key = _copy_at(body, path)
+    del parent[key]
     return changed
 
 
@@ -401,17 +366,17 @@ def test_oversized_bodies_are_refused_before_parsing(server: Server) -> None:
 
         streamed = client.post("/v1/jobs", content=chunks())
         assert streamed.status_code == 413 and streamed.json()["error"] == "body_too_large"
-        report = client.post(f"/v1/jobs/{MISSING}/reports", content=padding.encode() * 2)
+        report = client.post(f"/v1/jobs/{MISSING_JOB}/reports", content=padding.encode() * 2)
         assert report.status_code == 413
 
 
 def test_every_route_but_health_needs_a_valid_key(server: Server) -> None:
-    extra = _tenants("add-key", "initech", "--registry", server.registry)
+    extra = tenants("add-key", "initech", "--registry", server.registry)
     routes = [("GET", "/v1/jobs", None), ("POST", "/v1/jobs", BASE), ("GET", "/v1/tenant", None),
-              ("GET", "/v1/devices", None), *_job_requests(MISSING)]  # fmt: skip
+              ("GET", "/v1/devices", None), *job_routes(MISSING_JOB, REPORT)]  # fmt: skip
     with server.client(**{"X-API-Key": extra}) as keyed:
         assert keyed.get("/v1/tenant").json()["name"] == "initech"  # the X-API-Key header works too
-    _tenants("revoke-key", extra.split("_")[1], "--registry", server.registry)
+    tenants("revoke-key", extra.split("_")[1], "--registry", server.registry)
     credentials = [{}, {"Authorization": "Bearer nfk_0_0"}, {"Authorization": f"Basic {server.keys['acme']}"},
                    {"X-API-Key": "x" * 1000}, {"X-API-Key": extra}]  # fmt: skip
     answers = set()
@@ -438,15 +403,7 @@ def test_quota_cancel_and_conflicts(server: Server) -> None:
                                                    "max_active_jobs": MAX_ACTIVE}  # fmt: skip
         running = long[0]["id"]
         assert client.get(f"/v1/jobs/{running}/result").status_code == 409
-        early = {
-            "arch": "a",
-            "accuracy": 0.5,
-            "loss": 1.0,
-            "train_seconds": 1.0,
-            "num_train": 1,
-            "num_test": 1,
-        }
-        assert client.post(f"/v1/jobs/{running}/reports", json=early).status_code == 409
+        assert client.post(f"/v1/jobs/{running}/reports", json=REPORT).status_code == 409
         # Cancelling frees a slot; a cancelled job stops and stays cancelled
         for job in long:
             cancelled = client.post(f"/v1/jobs/{job['id']}/cancel")
@@ -475,21 +432,14 @@ def test_openapi_schema_is_published(server: Server) -> None:
 
 
 def test_serve_stops_its_workers_on_sigterm(server: Server) -> None:
-    workers = _children(server.proc.pid)
+    workers = children(server.proc.pid)
     assert workers, "the embedded server runs a local worker"
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=60) == 0
     deadline = time.monotonic() + 15
-    while any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in workers):
+    while any(alive(pid) for pid in workers):
         assert time.monotonic() < deadline, f"workers {workers} outlived the server"
         time.sleep(0.1)
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "Z"
 
 
 class _FlakyService:

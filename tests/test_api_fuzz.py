@@ -22,27 +22,13 @@ from pathlib import Path
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
-from schemathesis.checks import (
-    content_type_conformance,
-    negative_data_rejection,
-    not_a_server_error,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
+from service_support import accept_413_as_rejection, schema_checks
 
 from nasfleet.server.api import ApiSettings, create_app
 from nasfleet.server.registry import Registry
 
 MAX_EXAMPLES = int(os.environ.get("NASFLEET_FUZZ_EXAMPLES", "50"))
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    negative_data_rejection,
-]
+CHECKS = schema_checks()
 
 
 _STATE = Path(tempfile.mkdtemp(prefix="nasfleet-api-fuzz-"))
@@ -55,11 +41,7 @@ schema.config.generation.update(
     modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], max_examples=MAX_EXAMPLES, no_shrink=True,
     deterministic=True, database="none",
 )  # fmt: skip
-# 413 is how the server refuses a body over its size limit before parsing it: a rejection too
-schema.config.checks.negative_data_rejection.expected_statuses = [
-    *schema.config.checks.negative_data_rejection.expected_statuses,
-    "413",
-]
+accept_413_as_rejection(schema)
 
 
 @atexit.register

@@ -13,7 +13,6 @@ import itertools
 import json
 import logging
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -27,13 +26,13 @@ import pytest
 import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from service_support import MISSING_JOB, api_client, free_port, job_routes
 
 from nasfleet.server.api import ApiSettings, create_app
 from nasfleet.server.api import gate as gate_module
 from nasfleet.server.registry import Registry, RegistryError, ResultRecord
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
-MISSING = "0123456789abcdef0123456789abcdef"
 ARCH = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|avg_pool_3x3~0|none~1|nor_conv_3x3~2|"
 BODY: dict[str, Any] = {
     "space": "nb201", "space_options": {"channels": 8, "cells_per_stage": 1},
@@ -42,8 +41,8 @@ BODY: dict[str, Any] = {
     "strategy": "random", "budget": 8, "ask_size": 4, "probe_batch_size": 8,
 }  # fmt: skip
 REPORT = {"arch": ARCH, "accuracy": 0.5, "loss": 1.0, "train_seconds": 1.0, "num_train": 4, "num_test": 2}
-ODD_IDS = ["%00", "abc%00def", MISSING.upper(), MISSING[:-1], MISSING + "0", "g" * 32, "%C3%A9" * 16,
-           "x" * 5000, "1%20OR%201=1", "%FF%FE", "%2E%2E"]  # fmt: skip
+ODD_IDS = ["%00", "abc%00def", MISSING_JOB.upper(), MISSING_JOB[:-1], MISSING_JOB + "0", "g" * 32,
+           "%C3%A9" * 16, "x" * 5000, "1%20OR%201=1", "%FF%FE", "%2E%2E"]  # fmt: skip
 
 
 @dataclass
@@ -54,14 +53,7 @@ class Api:
     app: Any
 
     def client(self, tenant: str | None = "acme", **headers: str) -> httpx.Client:
-        auth = {"Authorization": f"Bearer {self.keys[tenant]}"} if tenant else {}
-        return httpx.Client(base_url=self.url, headers={**auth, **headers}, timeout=60)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+        return api_client(self.url, self.keys[tenant] if tenant else None, **headers)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -75,7 +67,7 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
         registry.create_tenant(tenant)
         keys[tenant] = registry.create_api_key(tenant)
     app = create_app(registry, ApiSettings(max_active_jobs=1000))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -105,16 +97,6 @@ def _done_job(api: Api, tenant: str) -> str:
     return job_id
 
 
-def _job_routes(job_id: str) -> list[tuple[str, str, dict[str, Any] | None]]:
-    return [
-        ("GET", f"/v1/jobs/{job_id}", None),
-        ("GET", f"/v1/jobs/{job_id}/result", None),
-        ("POST", f"/v1/jobs/{job_id}/cancel", None),
-        ("POST", f"/v1/jobs/{job_id}/reports", REPORT),
-        ("GET", f"/v1/jobs/{job_id}/reports", None),
-    ]
-
-
 def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
 
@@ -128,7 +110,7 @@ def test_odd_job_ids_answer_404_without_an_error_log(api: Api, caplog: pytest.Lo
         # Execute and Assert: every job route answers an odd id exactly as a well-formed missing one
         for odd in ODD_IDS:
             for (method, path, body), (_, missing, _) in zip(
-                _job_routes(odd), _job_routes(MISSING), strict=True
+                job_routes(odd, REPORT), job_routes(MISSING_JOB, REPORT), strict=True
             ):
                 answer = client.request(method, path, json=body)
                 assert answer.status_code == 404, (path, answer.status_code, answer.text)
@@ -188,7 +170,7 @@ async def _asgi(app: Any, method: str, path: str, headers: dict[str, str], body:
     return next(m["status"] for m in sent if m["type"] == "http.response.start"), received
 
 
-@pytest.mark.parametrize("path", ["/v1/jobs", f"/v1/jobs/{MISSING}/reports"])
+@pytest.mark.parametrize("path", ["/v1/jobs", f"/v1/jobs/{MISSING_JOB}/reports"])
 def test_an_unauthenticated_body_is_refused_before_it_is_received(api: Api, path: str) -> None:
     body = b'{"padding": "' + b"x" * (8_000_000 - 16) + b'"}'
     json_type = {"content-type": "application/json"}

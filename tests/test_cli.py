@@ -95,7 +95,7 @@ def test_missing_archs_file_is_reported(tmp_path: Path) -> None:
         ("--dataset", "mnist", "dataset spec"),
         ("--strategy", "nope", "nope"),
         ("--space", "nope", "nope"),
-        ("--workers", "0", "must be at least 1 without --broker"),
+        ("--local-workers", "0", "must be at least 1 without --broker"),
         ("--broker", "kafka://x", "broker must be a URL with a scheme of"),
     ],
 )

@@ -13,7 +13,7 @@ from strategy_helpers import best_found_and_sampled, drive
 from torch import nn
 
 from nasfleet.spaces import Cost, Genome, InputShape, MBV2Space, NB201Space, SearchSpace, Segment
-from nasfleet.strategies.base import Constraints, Feasibility, InfeasibleSearchError, StrategyError
+from nasfleet.strategies.base import Feasibility, InfeasibleSearchError, SearchLimits, StrategyError
 from nasfleet.strategies.cmaes import CMAESStrategy, compound_fitness, direction_similarity
 from nasfleet.testing import check_strategy, synthetic_fitness
 
@@ -81,7 +81,7 @@ def test_cma_is_told_its_samples_with_the_repaired_architectures_fitness(
     """Under a tight limit some samples decode to infeasible architectures; cma still gets its own
     vectors, scored by the negated compound fitness of the (repaired) architectures evaluated."""
     space = NB201Space()
-    feasible = Feasibility(space, Constraints(max_params=110_000))
+    feasible = Feasibility(space, SearchLimits(max_params=110_000))
     fitness = synthetic_fitness(space, 11)
     strategy = CMAESStrategy(space, 3, 60, feasible=feasible)
     told: list[tuple[list[np.ndarray], list[float], list[Genome], Genome | None]] = []
@@ -206,7 +206,7 @@ def test_an_exhausted_space_restarts_runs_and_stays_resumable() -> None:
 
 def test_every_ask_is_feasible_under_a_tight_limit() -> None:
     space = NB201Space()
-    feasible = Feasibility(space, Constraints(max_params=110_000))
+    feasible = Feasibility(space, SearchLimits(max_params=110_000))
     asks = [
         a
         for batch in drive(CMAESStrategy(space, 0, 80, feasible=feasible), synthetic_fitness(space, 1))
@@ -217,7 +217,7 @@ def test_every_ask_is_feasible_under_a_tight_limit() -> None:
 
 def test_nothing_feasible_raises() -> None:
     space = NB201Space()
-    strategy = CMAESStrategy(space, 0, 10, feasible=Feasibility(space, Constraints(max_params=1000)))
+    strategy = CMAESStrategy(space, 0, 10, feasible=Feasibility(space, SearchLimits(max_params=1000)))
     with pytest.raises(InfeasibleSearchError):
         strategy.ask(2)
 
@@ -274,7 +274,7 @@ def test_searches_the_mobilenet_space() -> None:
     def fitness(arch: Genome) -> float:
         return float(sum(weights[i, gene] for i, gene in enumerate(arch)))
 
-    feasible = Feasibility(space, Constraints(max_params=1_500_000))
+    feasible = Feasibility(space, SearchLimits(max_params=1_500_000))
     strategy = CMAESStrategy(space, 1, 80, feasible=feasible)
     asks = [arch for batch in drive(strategy, fitness) for arch in batch]
     assert all(space.validate(arch) == arch and feasible(arch) for arch in asks)

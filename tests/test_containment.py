@@ -21,15 +21,15 @@ from service_support import OPTIONS, characteristics, sqlite_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from test_federation import DEVICE_NODE_ID, instruction, query_reply_content, reply_to_query
 
-from nasfleet.clients.app import TRAIN
 from nasfleet.protocol.messages import MessageError, ResourceConstraints, TrainingReport
-from nasfleet.protocol.wire import unpack
+from nasfleet.protocol.wire import TRAIN, unpack
 from nasfleet.server.federation.app import _attach_report, parse_query_reply
 from nasfleet.server.federation.round import DeviceOutcome
 from nasfleet.server.registry import JobRecord, Registry, RegistryError
 from nasfleet.server.service.containment import describe, registry_unreachable
+from nasfleet.server.service.dispatch import LocalDispatcher
 from nasfleet.server.service.jobs import JobRun, submit_job
-from nasfleet.server.service.orchestrator import LocalDispatcher, Orchestrator
+from nasfleet.server.service.orchestrator import Orchestrator
 from nasfleet.strategies.base import StrategyError
 
 BUDGET = 8

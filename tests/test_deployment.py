@@ -29,7 +29,7 @@ import pytest
 from flwr.cli.config_utils import load_and_validate
 
 from nasfleet.clients.app import DeviceSetup
-from nasfleet.server.federation.app import RoundConfig
+from nasfleet.server.federation.config import RoundConfig
 from nasfleet.server.registry import Registry
 
 APP_DIR = Path(__file__).resolve().parents[1] / "deploy" / "flower"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -23,10 +22,10 @@ from nasfleet.clients.device import (
     calibrate_profile,
     fit_latency,
     get_tier,
-    latency_model,
     measure_latency_ms,
 )
 from nasfleet.protocol.messages import DeviceProfile, ResourceConstraints
+from nasfleet.search.limits import latency_model
 from nasfleet.spaces import get_space
 
 DIGITS_SHAPE = (1, 8, 8)
@@ -41,12 +40,7 @@ CORRELATION_ARCHS = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _limits(tier: DeviceTier) -> tuple[float, ...]:

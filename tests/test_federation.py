@@ -35,19 +35,12 @@ from flwr.clientapp import ClientApp
 from flwr.simulation import run_simulation
 from rich.console import Console
 
-from nasfleet.clients.app import ERROR_BAD_MESSAGE, QUERY, TRAIN, make_client_app
+from nasfleet.clients.app import ERROR_BAD_MESSAGE, make_client_app
 from nasfleet.clients.device import assign_tiers
-from nasfleet.protocol.messages import (
-    DataCharacteristics,
-    DeviceIdentity,
-    DeviceProfile,
-    MessageError,
-    ResourceConstraints,
-    SubNetAssignment,
-    TrainConfig,
-)
-from nasfleet.protocol.wire import MAX_JSON_CHARS, pack, unpack
-from nasfleet.server.federation.app import RoundConfig, make_server_app, parse_query_reply
+from nasfleet.protocol import messages
+from nasfleet.protocol.wire import MAX_JSON_CHARS, QUERY, TRAIN, pack, unpack
+from nasfleet.server.federation.app import make_server_app, parse_query_reply
+from nasfleet.server.federation.config import RoundConfig
 from nasfleet.server.federation.round import DeviceOutcome, RoundRecorder
 from nasfleet.server.federation.simulation import flower_environment, simulate
 from nasfleet.server.registry import Registry
@@ -136,7 +129,7 @@ def test_every_device_of_a_healthy_round_finishes(healthy: Round) -> None:
     assert sorted(o.name for o in healthy.outcomes) == ["device-0", "device-1", "device-2"]
     tiers = assign_tiers(3, 0)
     for outcome in healthy.outcomes:
-        assert outcome.identity == DeviceIdentity("default", outcome.name)
+        assert outcome.identity == messages.DeviceIdentity("default", outcome.name)
         partition = int(outcome.name.removeprefix("device-"))
         assert outcome.profile is not None and outcome.profile.tier == tiers[partition].name
         assert outcome.constraints == tiers[partition].constraints_for(DIGITS_SHAPE)
@@ -184,8 +177,8 @@ def test_every_subnet_meets_its_devices_constraints(healthy: Round) -> None:
     devices = {d["name"]: d for d in healthy.export["devices"]}
     for job in healthy.export["jobs"]:
         device = devices[job["device"]]
-        limits = ResourceConstraints.from_wire(device["constraints"])
-        profile = DeviceProfile.from_wire(device["profile"])
+        limits = messages.ResourceConstraints.from_wire(device["constraints"])
+        profile = messages.DeviceProfile.from_wire(device["profile"])
         assert limits.max_params and limits.max_flops and limits.max_latency_ms and limits.max_memory_mb
         [result] = healthy.rows("results", job_id=job["id"])
         for scored in [result, *healthy.rows("evaluations", job_id=job["id"])]:
@@ -215,11 +208,11 @@ def test_the_searches_ran_as_jobs_scored_by_celery_workers(healthy: Round) -> No
             )
             run = JobRun(record, registry)  # rebuilt from its stored state, as a resuming orchestrator does
             evaluations = healthy.rows("evaluations", job_id=job["id"])
-            assert sorted(run.archive.archs) == sorted(e["arch"] for e in evaluations)
+            assert sorted(run.loop.archive.archs) == sorted(e["arch"] for e in evaluations)
             keys = [run.key(e["arch"]) for e in evaluations]
             assert set(registry.cache_get(keys)) == set(keys)
             for evaluation in evaluations:
-                if evaluation["worker"] != "cache":
+                if not evaluation["cached"]:
                     host, pid = evaluation["worker"].rsplit(":", 1)
                     assert host and pid.isdigit(), evaluation["worker"]
                     scorers.add(evaluation["worker"])
@@ -237,12 +230,12 @@ def test_a_device_whose_limits_admit_nothing_fails_alone_and_the_shared_job_fits
         registry=f"sqlite:///{tmp_path / 'registry.db'}", budget=4, ask_size=4, probe_batch=8,
         workers=1, shared_baseline=True,
     )  # fmt: skip
-    profile = DeviceProfile("micro", 1e5, 0.5, 1.0)
-    fits = ResourceConstraints(max_params=300_000, max_latency_ms=20.0)
-    tiny = ResourceConstraints(max_params=10)
+    profile = messages.DeviceProfile("micro", 1e5, 0.5, 1.0)
+    fits = messages.ResourceConstraints(max_params=300_000, max_latency_ms=20.0)
+    tiny = messages.ResourceConstraints(max_params=10)
     outcomes = [
-        DeviceOutcome(node, identity=DeviceIdentity("acme", name), characteristics=characteristics(),
-                      constraints=limits, profile=profile)
+        DeviceOutcome(node, identity=messages.DeviceIdentity("acme", name),
+                      characteristics=characteristics(), constraints=limits, profile=profile)
         for node, name, limits in ((1, "fits", fits), (2, "tiny", tiny))
     ]  # fmt: skip
     recorder = RoundRecorder(config.registry, console=Console(file=io.StringIO()))
@@ -263,7 +256,7 @@ def test_a_device_whose_limits_admit_nothing_fails_alone_and_the_shared_job_fits
         assert ok.predicted_latency_ms == pytest.approx(profile.predict_latency_ms(results[ok.job_id].flops))
         job = registry.get_job(shared)
         assert job is not None and job.device is None and "profile" not in job.options
-        assert ResourceConstraints.from_wire(job.constraints) == ResourceConstraints(
+        assert messages.ResourceConstraints.from_wire(job.constraints) == messages.ResourceConstraints(
             max_params=300_000, max_latency_ms=20.0
         )
         assert space.cost(space.decode(results[shared].arch), DIGITS_CLASSES, DIGITS_SHAPE).params <= 300_000
@@ -388,7 +381,8 @@ def device_context(**node_config: bool | float | int | str) -> Context:
 
 
 def subnet_scalars(**changes: Any) -> dict[str, Any]:
-    assignment = SubNetAssignment("job-1", "nb201", ARCH, DIGITS_CLASSES, DIGITS_SHAPE, TrainConfig(epochs=1))
+    train = messages.TrainConfig(epochs=1)
+    assignment = messages.SubNetAssignment("job-1", "nb201", ARCH, DIGITS_CLASSES, DIGITS_SHAPE, train)
     scalars, _ = assignment.to_wire()
     scalars.update(changes)
     return scalars
@@ -484,7 +478,7 @@ def test_a_well_formed_query_is_answered_and_the_server_accepts_the_reply(client
     assert reply.metadata.reply_to_message_id == message.metadata.message_id
     outcome = parse_query_reply(DEVICE_NODE_ID, reply)
     assert (outcome.status, outcome.error) == ("ok", "")
-    assert outcome.identity == DeviceIdentity("default", "device-0")
+    assert outcome.identity == messages.DeviceIdentity("default", "device-0")
     assert outcome.profile is not None and outcome.profile.tier == "micro"
     chars = outcome.characteristics
     assert chars is not None and chars.input_shape == DIGITS_SHAPE and chars.num_classes == DIGITS_CLASSES
@@ -492,21 +486,23 @@ def test_a_well_formed_query_is_answered_and_the_server_accepts_the_reply(client
 
 
 # -- the server's checks of reply content --------------------------------------------------------------------
-def characteristics(rank: int = 2) -> DataCharacteristics:
+def characteristics(rank: int = 2) -> messages.DataCharacteristics:
     histogram = (10,) * DIGITS_CLASSES
     dim = math.prod(DIGITS_SHAPE)
     rng = np.random.default_rng(0)
     means = rng.normal(size=(DIGITS_CLASSES, dim)).astype(np.float32)
     bases = rng.normal(size=(DIGITS_CLASSES, rank, dim)).astype(np.float32)
-    return DataCharacteristics(DIGITS_SHAPE, DIGITS_CLASSES, 100, histogram, True, means, bases, 1.0, 1e-5)
+    return messages.DataCharacteristics(
+        DIGITS_SHAPE, DIGITS_CLASSES, 100, histogram, True, means, bases, 1.0, 1e-5
+    )
 
 
 def query_reply_content() -> RecordDict:
     """A well-formed query reply: identity, characteristics with sketches, constraints and profile."""
-    content = pack(RecordDict(), "identity", DeviceIdentity("tenant-a", "device-0"))
+    content = pack(RecordDict(), "identity", messages.DeviceIdentity("tenant-a", "device-0"))
     pack(content, "characteristics", characteristics())
-    pack(content, "constraints", ResourceConstraints(200_000, 1_000_000, 50.0, 1.0))
-    return pack(content, "profile", DeviceProfile("micro", 1e5, 0.5, 1.0))
+    pack(content, "constraints", messages.ResourceConstraints(200_000, 1_000_000, 50.0, 1.0))
+    return pack(content, "profile", messages.DeviceProfile("micro", 1e5, 0.5, 1.0))
 
 
 def edit_json(content: RecordDict, name: str, **changes: Any) -> RecordDict:
@@ -636,16 +632,16 @@ def test_unpack_raises_a_message_error_naming_the_field(
 ) -> None:
     content = corrupt(query_reply_content())
     kinds = [
-        ("identity", DeviceIdentity),
-        ("characteristics", DataCharacteristics),
-        ("constraints", ResourceConstraints),
-        ("profile", DeviceProfile),
+        ("identity", messages.DeviceIdentity),
+        ("characteristics", messages.DataCharacteristics),
+        ("constraints", messages.ResourceConstraints),
+        ("profile", messages.DeviceProfile),
     ]
     errors = []
     for name, kind in kinds:
         try:
             unpack(content, name, kind)
-        except MessageError as error:
+        except messages.MessageError as error:
             errors.append(str(error))
     assert len(errors) == 1 and field in errors[0], errors
 

@@ -16,7 +16,7 @@ from strategy_helpers import best_found_and_sampled, drive
 
 from nasfleet.spaces import Genome, MBV2Space, NB201Space, SearchSpace, Segment
 from nasfleet.strategies import genetic
-from nasfleet.strategies.base import Constraints, Feasibility, InfeasibleSearchError, StrategyError
+from nasfleet.strategies.base import Feasibility, InfeasibleSearchError, SearchLimits, StrategyError
 from nasfleet.strategies.genetic import (
     GAOptions,
     GeneticStrategy,
@@ -110,7 +110,7 @@ def test_resume_with_asks_outstanding_continues_exactly(stop: int) -> None:
 
 def test_every_ask_is_feasible_under_a_tight_limit() -> None:
     space = NB201Space()
-    feasible = Feasibility(space, Constraints(max_params=110_000))
+    feasible = Feasibility(space, SearchLimits(max_params=110_000))
     strategy = GeneticStrategy(space, 0, 90, {"population_size": 10}, feasible)
     asks = [arch for batch in drive(strategy, synthetic_fitness(space, 0)) for arch in batch]
     assert len(asks) == 90
@@ -119,7 +119,7 @@ def test_every_ask_is_feasible_under_a_tight_limit() -> None:
 
 def test_nothing_feasible_raises() -> None:
     space = NB201Space()
-    strategy = GeneticStrategy(space, 0, 10, feasible=Feasibility(space, Constraints(max_params=1000)))
+    strategy = GeneticStrategy(space, 0, 10, feasible=Feasibility(space, SearchLimits(max_params=1000)))
     with pytest.raises(InfeasibleSearchError):
         strategy.ask(1)
 
@@ -127,7 +127,7 @@ def test_nothing_feasible_raises() -> None:
 def test_few_feasible_architectures_still_fill_the_budget() -> None:
     """125 feasible architectures and a budget of 140: novelty runs out, duplicates are asked again."""
     space = NB201Space()
-    allowed = Feasibility(space, Constraints(max_latency_ms=1.0), latency_model=lambda a: 10.0 * any(a[:3]))
+    allowed = Feasibility(space, SearchLimits(max_latency_ms=1.0), latency_model=lambda a: 10.0 * any(a[:3]))
     strategy = GeneticStrategy(space, 0, 140, {"population_size": 10}, allowed)
     asks = [arch for batch in drive(strategy, synthetic_fitness(space, 1)) for arch in batch]
     assert len(asks) == 140 and all(arch[:3] == (0, 0, 0) for arch in asks)
@@ -286,7 +286,7 @@ def test_searches_the_mobilenet_space() -> None:
     def fitness(arch: Genome) -> float:
         return float(sum(weights[i, gene] for i, gene in enumerate(arch)))
 
-    feasible = Feasibility(space, Constraints(max_params=1_500_000))
+    feasible = Feasibility(space, SearchLimits(max_params=1_500_000))
     strategy = GeneticStrategy(space, 1, 100, {"population_size": 10}, feasible)
     asks = [arch for batch in drive(strategy, fitness) for arch in batch]
     assert all(space.validate(arch) == arch and feasible(arch) for arch in asks)

@@ -18,30 +18,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from service_support import characteristics, sqlite_url
 
-from nasfleet.protocol.messages import (
-    DataCharacteristics,
-    DeviceIdentity,
-    DeviceProfile,
-    MessageError,
-    ResourceConstraints,
-    SubNetAssignment,
-    TrainConfig,
-    TrainingReport,
-)
+from nasfleet.protocol import messages
+from nasfleet.protocol.messages import MessageError
 from nasfleet.server.api.app import create_app
 from nasfleet.server.registry import Registry
 from nasfleet.server.service.jobs import JobOptions
-from nasfleet.strategies.base import Constraints, StrategyError
+from nasfleet.strategies.base import SearchLimits, StrategyError
 from nasfleet.strategies.evolution import EvolutionOptions
 from nasfleet.strategies.options import parse_options
 
 ARCH = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|avg_pool_3x3~0|none~1|nor_conv_3x3~2|"
 MESSAGES: dict[str, Any] = {
-    "constraints": ResourceConstraints(200_000, 1_000_000, 50.0, 1.0),
-    "profile": DeviceProfile("micro", 1e5, 0.5, 1.0),
-    "subnet": SubNetAssignment("job-1", "nb201", ARCH, 4, (3, 8, 8), TrainConfig()),
-    "report": TrainingReport("job-1", ARCH, 0.5, 1.0, 2.0, 3.0, 10, 5, 1),
-    "identity": DeviceIdentity("acme", "device-0"),
+    "constraints": messages.ResourceConstraints(200_000, 1_000_000, 50.0, 1.0),
+    "profile": messages.DeviceProfile("micro", 1e5, 0.5, 1.0),
+    "subnet": messages.SubNetAssignment("job-1", "nb201", ARCH, 4, (3, 8, 8), messages.TrainConfig()),
+    "report": messages.TrainingReport("job-1", ARCH, 0.5, 1.0, 2.0, 3.0, 10, 5, 1),
+    "identity": messages.DeviceIdentity("acme", "device-0"),
     "characteristics": characteristics(0),
 }
 #: (message, field, (low, high)) of every numeric range a test checks at both ends.
@@ -136,15 +128,15 @@ def test_complex_or_out_of_range_sketches_are_refused_never_cast() -> None:
         (np.full(arrays["class_means"].shape, 1e7, dtype=np.float32), "within"),
     ]:
         with pytest.raises(MessageError, match=rf"class_means must be .*{rule}"):
-            DataCharacteristics.from_wire(scalars, {**arrays, "class_means": bad})
+            messages.DataCharacteristics.from_wire(scalars, {**arrays, "class_means": bad})
     with pytest.raises(MessageError, match=r"arrays must be keys among"):
-        DataCharacteristics.from_wire(scalars, {**arrays, "extra": arrays["class_means"]})
+        messages.DataCharacteristics.from_wire(scalars, {**arrays, "extra": arrays["class_means"]})
 
 
 def test_epsilon_without_sketches_is_refused() -> None:
     scalars, _ = characteristics(0, sketches=False).to_wire()
     with pytest.raises(MessageError, match=r"epsilon must be null when no sketches are sent, but got 4\.0"):
-        DataCharacteristics.from_wire({**scalars, "epsilon": 4.0})
+        messages.DataCharacteristics.from_wire({**scalars, "epsilon": 4.0})
 
 
 @settings(max_examples=200, deadline=None)
@@ -155,14 +147,14 @@ def test_epsilon_without_sketches_is_refused() -> None:
 def test_any_accepted_constraints_give_a_finite_parameter_bound(memory: float, params: int | None) -> None:
     wire = {"kind": "constraints", "version": 1, "max_memory_mb": memory, "max_params": params}
     try:
-        limits = ResourceConstraints.from_wire(wire)
+        limits = messages.ResourceConstraints.from_wire(wire)
     except MessageError as error:
         assert str(error).split(" ")[0] in ("max_memory_mb", "max_params")
         return
     assert 1e-3 <= memory <= 1e7 and (params is None or 1 <= params <= 10**15)
     bound = limits.effective_max_params()
     assert bound is not None and 0 <= bound <= 3 * 10**15
-    Constraints(max_params=bound or None)  # what the strategy side builds from it
+    SearchLimits(max_params=bound or None)  # what the strategy side builds from it
 
 
 @settings(max_examples=200, deadline=None)
@@ -172,7 +164,7 @@ def test_a_profile_throughput_is_accepted_exactly_in_its_range(value: Any) -> No
             "memory_mb": 1.0}  # fmt: skip
     inside = not isinstance(value, bool | str) and 1e-3 <= value <= 1e12
     try:
-        profile = DeviceProfile.from_wire(wire)
+        profile = messages.DeviceProfile.from_wire(wire)
     except MessageError as error:
         assert not inside and str(error).startswith("flops_per_ms must be a number in [0.001, 1e+12]")
         return
@@ -181,8 +173,8 @@ def test_a_profile_throughput_is_accepted_exactly_in_its_range(value: Any) -> No
 
 def test_constraints_with_an_integer_beyond_64_bits_are_refused_not_crashed() -> None:
     with pytest.raises(StrategyError, match="max_params must be a positive finite number"):
-        Constraints(max_params=-(2**70))
-    assert Constraints(max_params=2**70).max_params == 2**70
+        SearchLimits(max_params=-(2**70))
+    assert SearchLimits(max_params=2**70).max_params == 2**70
 
 
 # -- job options and strategy options ------------------------------------------------------------------------
@@ -208,7 +200,9 @@ def test_stored_job_options_refuse_unknown_keys_and_coercion() -> None:
         JobOptions.from_options({"shell": "rm"})
     with pytest.raises(MessageError, match="batch_size must be an integer in"):
         JobOptions.from_options({"batch_size": "16"})
-    assert JobOptions.from_options({"probe_batch": 8}).batch_size == 8
+    # The early name of batch_size is refused here; schema version 3 renames it in stored jobs.
+    with pytest.raises(MessageError, match=r"unknown keys \['probe_batch'\]"):
+        JobOptions.from_options({"probe_batch": 8})
 
 
 @pytest.mark.parametrize(

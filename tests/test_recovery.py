@@ -9,10 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,14 +19,17 @@ import httpx
 import numpy as np
 import pytest
 from service_support import (
-    assert_one_evaluation_per_arch,
+    TWO_JOBS,
+    alive,
+    check_outcomes,
     child_process,
-    fault_env,
-    outcome,
+    fault_workers,
+    free_port,
+    orchestrator_side,
     python,
-    reference,
     submit_plan,
     wait_for,
+    worker_command,
 )
 
 from nasfleet.server.api.app import create_app
@@ -47,30 +48,14 @@ from nasfleet.server.service.runtime import (
 from nasfleet.server.service.tasks import make_payload
 from nasfleet.spaces import get_space
 
-PLAN = [("acme", 1, 12, 0), ("globex", 2, 12, 1)]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _embedded(tmp_path: Path, **options: float) -> Service:
-    return Service(
-        embedded_settings(tmp_path / "state"), tmp_path, ServiceOptions(local_workers=0, **options)
-    )
-
 
 def test_a_worker_main_process_killed_is_found_silent_and_its_tasks_are_sent_again(tmp_path: Path) -> None:
     # Only the main process is killed (as a crash or the OOM killer would): nothing acknowledges or gives
     # back the tasks it reserved, and the SQLite broker never redelivers them. lost_after_s stays at its
     # default (900 s): the job finishes because the orchestrator sees the worker stop beating.
-    with _embedded(tmp_path) as service:
-        jobs = submit_plan(service.registry, PLAN)
-        env = fault_env(tmp_path / "marks", "delay=0.5")
-        workers = LocalWorkers(service.settings, tmp_path, concurrency=2, app_module="fault_app", env=env)
-        with workers:
+    with orchestrator_side(tmp_path) as service:
+        jobs = submit_plan(service.registry, TWO_JOBS)
+        with fault_workers(service.settings, tmp_path, "delay=0.5") as workers:
             started = lambda: len(list((tmp_path / "marks").glob("started-*"))) >= 3  # noqa: E731
             killed: list[int] = []
 
@@ -85,11 +70,8 @@ def test_a_worker_main_process_killed_is_found_silent_and_its_tasks_are_sent_aga
         assert killed and workers.revived == 1
         assert isinstance(orchestrator.watch, WorkerWatch) and orchestrator.watch.deaths == 1
         assert orchestrator.stats.resent > 0
-        ids = [job.id for job in jobs]
-        assert [outcome(service.registry, job_id) for job_id in ids] == reference(tmp_path / "ref", PLAN)
-        for job_id in ids:
-            assert_one_evaluation_per_arch(service.registry, job_id)
-            assert service.registry.get_job(job_id).note is None  # type: ignore[union-attr]
+        check_outcomes(service.registry, tmp_path, jobs, TWO_JOBS)
+        assert all(service.registry.get_job(job.id).note is None for job in jobs)  # type: ignore[union-attr]
 
 
 def test_a_worker_beats_while_it_runs_and_leaves_when_stopped_cleanly(tmp_path: Path) -> None:
@@ -120,20 +102,10 @@ def test_a_worker_whose_launcher_died_stops_by_itself(tmp_path: Path) -> None:
         try:
             os.kill(proc.pid, signal.SIGKILL)  # the launcher only: its worker is in a session of its own
             proc.wait()
-            wait_for(lambda: not _alive(worker), 60, "the orphaned worker to stop")
+            wait_for(lambda: not alive(worker), 60, "the orphaned worker to stop")
         finally:
-            if _alive(worker):
+            if alive(worker):
                 os.killpg(worker, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (exited, not reaped by its dead parent's successor yet) is gone for our purpose
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split(") ", 1)[1][0] != "Z"
 
 
 def test_registries_have_their_own_queues_and_refuse_each_others_tasks(
@@ -141,7 +113,7 @@ def test_registries_have_their_own_queues_and_refuse_each_others_tasks(
 ) -> None:
     with Registry(f"sqlite:///{tmp_path}/a.db") as ours, Registry(f"sqlite:///{tmp_path}/b.db") as theirs:
         assert deployment_queue(ours.deployment_id) != deployment_queue(theirs.deployment_id)
-        job = submit_plan(ours, PLAN[:1])[0]
+        job = submit_plan(ours, TWO_JOBS[:1])[0]
         space = get_space("nb201", {"channels": 8, "cells_per_stage": 1})
         arch = space.encode(space.sample(np.random.default_rng(0)))
         scoring = tasks.ScoringSpec("nb201", ("fg_fi",), 8, 0, {"channels": 8, "cells_per_stage": 1})
@@ -155,8 +127,8 @@ def test_registries_have_their_own_queues_and_refuse_each_others_tasks(
 
 
 def test_no_live_worker_is_said_in_the_jobs_note_until_one_comes(tmp_path: Path) -> None:
-    with _embedded(tmp_path) as service:
-        jobs = submit_plan(service.registry, PLAN)
+    with orchestrator_side(tmp_path) as service:
+        jobs = submit_plan(service.registry, TWO_JOBS)
         with pytest.raises(TimeoutError):
             service.orchestrator().run(timeout_s=3)
         notes = {service.registry.get_job(job.id).note for job in jobs}  # type: ignore[union-attr]
@@ -172,10 +144,10 @@ def test_no_live_worker_is_said_in_the_jobs_note_until_one_comes(tmp_path: Path)
 
 
 def test_an_unreachable_broker_is_said_in_the_note_and_in_health(tmp_path: Path) -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     settings = CelerySettings(broker=f"redis://127.0.0.1:{port}/0", registry=f"sqlite:///{tmp_path}/r.db")
     with Service(settings, tmp_path, ServiceOptions(local_workers=0)) as service:
-        job = submit_plan(service.registry, PLAN[:1])[0]
+        job = submit_plan(service.registry, TWO_JOBS[:1])[0]
         with pytest.raises(TimeoutError):
             service.orchestrator().run(timeout_s=12)
         note = service.registry.get_job(job.id).note  # type: ignore[union-attr]
@@ -195,9 +167,8 @@ def test_an_unreachable_broker_is_said_in_the_note_and_in_health(tmp_path: Path)
 
 
 def test_nasfleet_worker_on_a_dead_broker_says_so_in_one_line_and_exits_1(tmp_path: Path) -> None:
-    port = _free_port()
-    command = [sys.executable, "-m", "nasfleet.cli", "worker", "--broker", f"redis://127.0.0.1:{port}/9",
-               "--registry", f"sqlite:///{tmp_path}/r.db", "--wait", "3"]  # fmt: skip
+    port = free_port()
+    command = worker_command(f"redis://127.0.0.1:{port}/9", f"sqlite:///{tmp_path}/r.db", "--wait", "3")
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1, done.stderr
@@ -209,8 +180,8 @@ def test_nasfleet_worker_on_a_dead_broker_says_so_in_one_line_and_exits_1(tmp_pa
 
 
 def test_the_embedded_broker_keeps_no_consumed_message(tmp_path: Path) -> None:
-    with _embedded(tmp_path) as service:
-        jobs = submit_plan(service.registry, PLAN)
+    with orchestrator_side(tmp_path) as service:
+        jobs = submit_plan(service.registry, TWO_JOBS)
         with LocalWorkers(service.settings, tmp_path) as workers:
             service.orchestrator(housekeeping=workers.revive).run(timeout_s=180)
         assert {service.registry.get_job(job.id).status for job in jobs} == {"done"}  # type: ignore[union-attr]

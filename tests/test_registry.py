@@ -31,8 +31,8 @@ from nasfleet.server.registry import (
     ReportRecord,
     ResultRecord,
     SchemaVersionError,
-    storage,
 )
+from nasfleet.server.registry import jobs as registry_jobs
 
 CHARACTERISTICS = "c" * 64
 OTHER_CHARACTERISTICS = "d" * 64
@@ -273,6 +273,54 @@ class TestRegistryContract:
         assert (resumed.strategy_state, resumed.evaluations_done, resumed.best_arch) == ({"told": 2}, 2, "b")
         assert registry.evaluations(job.id) == step
 
+    def test_cache_hits_are_flagged(self, registry: Registry) -> None:
+        job = _job(registry)
+        scored, hit = _evaluation("a"), EvaluationRecord("b", {"synflow": 2.0}, 1, 2, 0.0, cached=True)
+        assert (scored.cached, hit.cached, hit.worker) == (False, True, "")
+        assert registry.add_evaluations(job.id, [scored, hit]) == 2
+        again = replace(_evaluation("c"), cached=True)
+        assert registry.checkpoint(job.id, [again, _evaluation("d")], state={}, evaluations_done=4) == 2
+        stored = registry.evaluations(job.id)
+        assert stored == [scored, hit, again, _evaluation("d")]
+        assert [evaluation.cached for evaluation in stored] == [False, True, True, False]
+        exported = registry.export()["evaluations"]
+        assert [(row["arch"], row["cached"]) for row in exported] == [
+            ("a", False), ("b", True), ("c", True), ("d", False),
+        ]  # fmt: skip
+        with pytest.raises(RegistryError, match=re.escape("evaluations[0].cached must be True or False")):
+            registry.add_evaluations(job.id, [replace(_evaluation("e"), cached="yes")])  # type: ignore[arg-type]
+
+    def test_a_database_without_the_cached_column_is_migrated(self, registry: Registry, url: str) -> None:
+        job = _job(registry)
+        legacy_hit = _evaluation("b", worker="cache")  # how versions 1 and 2 marked a cache hit
+        registry.add_evaluations(job.id, [_evaluation("a"), legacy_hit])
+        registry.close()
+        _sql(url, "ALTER TABLE evaluations DROP COLUMN cached")  # as version 2 created it
+        _sql(url, "UPDATE schema_version SET version = 2")
+        legacy_options = "CAST(:o AS JSON)" if url.startswith("postgresql") else ":o"
+        _sql(
+            url, f"UPDATE jobs SET options = {legacy_options} WHERE id = :i", o='{"probe_batch": 8}', i=job.id
+        )
+        with Registry(url) as reopened:
+            migrated = reopened.get_job(job.id)
+            assert migrated is not None and migrated.options == {"batch_size": 8}  # the early option name
+            stored = reopened.evaluations(job.id)
+            assert stored == [_evaluation("a"), replace(legacy_hit, worker="", cached=True)]
+            reopened.add_evaluations(job.id, [_evaluation("c")])
+            assert reopened.evaluations(job.id)[-1].cached is False
+        assert _sql(url, "SELECT id, version FROM schema_version") == [(1, SCHEMA_VERSION)]
+        engine = create_engine(url)
+        try:
+            with engine.connect() as connection:
+                columns = {
+                    column["name"]: column for column in inspect(connection).get_columns("evaluations")
+                }
+        finally:
+            engine.dispose()
+        assert columns["cached"]["nullable"] is False
+        with Registry(url) as again:  # the migration ran once; opening again changes nothing
+            assert [evaluation.cached for evaluation in again.evaluations(job.id)] == [False, True, False]
+
     def test_failed_write_leaves_nothing(self, registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
         job = _job(registry)
         good = [_evaluation("a"), _evaluation("b")]
@@ -285,7 +333,7 @@ class TestRegistryContract:
         def fail(*_args: object) -> None:
             raise RuntimeError("disk on fire")
 
-        monkeypatch.setattr(storage, "_update_job_row", fail)  # fails after the evaluations were inserted
+        monkeypatch.setattr(registry_jobs, "update_job_row", fail)  # fails after the evaluations are in
         with pytest.raises(RegistryError, match="disk on fire") as caught:
             registry.checkpoint(job.id, good, state={"told": 2}, evaluations_done=2)
         assert isinstance(caught.value.__cause__, RuntimeError)

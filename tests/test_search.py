@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import nasfleet.search
+import nasfleet.search.local
 from nasfleet.cli import app
 from nasfleet.data.datasets import load_dataset
 from nasfleet.proxies.engine import ScoreTable, add_aggregates, score_archs
@@ -28,10 +28,10 @@ from nasfleet.search import (
 )
 from nasfleet.spaces import Genome, NB201Space, SearchSpace, get_space
 from nasfleet.strategies import (
-    Constraints,
     InfeasibleSearchError,
     RandomSearch,
     RegularizedEvolution,
+    SearchLimits,
     Strategy,
     get_strategy,
 )
@@ -65,7 +65,7 @@ def scored(monkeypatch: pytest.MonkeyPatch) -> list[list[Genome]]:
         calls.append(list(archs))
         return score_archs(space, archs, *args, **kwargs)
 
-    monkeypatch.setattr(nasfleet.search, "score_archs", spy)
+    monkeypatch.setattr(nasfleet.search.local, "score_archs", spy)
     return calls
 
 
@@ -167,7 +167,7 @@ def test_every_archive_arch_meets_max_params() -> None:
     rng = np.random.default_rng(0)
     params = [SPACE.cost(SPACE.sample(rng)).params for _ in range(200)]
     limit = int(np.percentile(params, 30))
-    result = _search(_config(budget=8, constraints=Constraints(max_params=limit)))
+    result = _search(_config(budget=8, constraints=SearchLimits(max_params=limit)))
 
     costs = [SPACE.cost(SPACE.decode(entry.arch)).params for entry in result.archive]
     assert max(costs) <= limit and result.best_params <= limit
@@ -175,7 +175,7 @@ def test_every_archive_arch_meets_max_params() -> None:
 
 
 def test_impossible_constraints_raise_before_anything_is_scored(scored: list[list[Genome]]) -> None:
-    config = _config(constraints=Constraints(max_params=1))
+    config = _config(constraints=SearchLimits(max_params=1))
 
     with pytest.raises(InfeasibleSearchError, match=r"no architecture of nb201 meeting .*max_params=1"):
         _search(config)
@@ -183,7 +183,7 @@ def test_impossible_constraints_raise_before_anything_is_scored(scored: list[lis
 
 
 def test_a_strategy_proposing_an_infeasible_arch_breaks_the_contract() -> None:
-    config = _config("random", constraints=Constraints(max_params=1))
+    config = _config("random", constraints=SearchLimits(max_params=1))
     unconstrained = get_strategy("random", SPACE, 0, config.budget)  # built without the feasibility check
 
     with pytest.raises(SearchError, match=r"strategy 'random' must propose only feasible architectures"):
@@ -374,10 +374,10 @@ def test_search_command_writes_the_result(tmp_path: Path) -> None:
         (("--seed", "-1"), "Invalid value for '--seed': -1 is not in the range 0<=x<=2147483647"),
         (("--aggregate", "fg_fi"), "aggregate must be the name of one aggregate, but got 'fg_fi'"),
         (("--space", "nope"), "Invalid value for --space"),
-        (("--max-params", "1"), "no architecture of nb201 meeting Constraints(max_params=1"),
-        (("--workers", "0"), "Invalid value for --workers: must be at least 1 without --broker"),
+        (("--max-params", "1"), "no architecture of nb201 meeting SearchLimits(max_params=1"),
+        (("--local-workers", "0"), "Invalid value for --local-workers: must be at least 1 without --broker"),
         (("--tenant", "a/b"), "Invalid value for --tenant: tenant must be 1-64 characters"),
-        (("--broker", "kafka://x", "--workers", "0"), "broker must be a URL with a scheme of"),
+        (("--broker", "kafka://x", "--local-workers", "0"), "broker must be a URL with a scheme of"),
     ],
 )
 def test_search_command_rejects_bad_options_and_writes_nothing(

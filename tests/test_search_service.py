@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
-from service_support import child_process
+from service_support import child_process, worker_command
 from typer.testing import CliRunner
 
 from nasfleet.cli import app
@@ -44,15 +42,16 @@ def _search(out: Path, *options: str) -> dict[str, Any]:
     return data
 
 
-def _scored_by(registry_url: str, data: dict[str, Any]) -> set[str]:
-    """The workers that scored the job's evaluations, after checking the job is done and complete."""
+def _scored_by(registry_url: str, data: dict[str, Any]) -> tuple[set[str], int]:
+    """The workers that scored the job's evaluations and how many the cache answered, after checking the
+    job is done and complete."""
     with Registry(registry_url) as registry:
         job = registry.get_job(data["service"]["job_id"])
         assert job is not None and job.status == "done" and job.evaluations_done == 6
         assert job.options["probe_data"] == "synthetic:32" and job.options["batch_size"] == 4
         evaluations = registry.evaluations(job.id)
     assert sorted(e.arch for e in evaluations) == sorted(entry["arch"] for entry in data["archive"])
-    return {e.worker for e in evaluations}
+    return {e.worker for e in evaluations if not e.cached}, sum(e.cached for e in evaluations)
 
 
 def test_search_scores_real_data_on_celery_workers_and_an_identical_search_comes_from_the_cache(
@@ -75,11 +74,11 @@ def test_search_scores_real_data_on_celery_workers_and_an_identical_search_comes
     assert first["probe"] == {"batch_size": 4, "input_shape": [3, 32, 32], "num_classes": 10, "labeled": True}
     service = first["service"]
     assert (service["mode"], service["tenant"], service["scored"]) == ("embedded", "acme", 6)
-    assert _scored_by(registry, first) == set(service["workers"]) and service["workers"]
+    assert _scored_by(registry, first) == (set(service["workers"]), 0) and service["workers"]
     assert all(name.rsplit(":", 1)[1].isdigit() for name in service["workers"]), "host:pid of a pool process"
     # ... and the second, identical search is answered from the cache: nothing scored, the same search
     assert (second["service"]["scored"], second["service"]["cache_hits"]) == (0, 6)
-    assert second["timing"]["cached_evaluations"] == 6 and _scored_by(registry, second) == {"cache"}
+    assert second["timing"]["cached_evaluations"] == 6 and _scored_by(registry, second) == (set(), 6)
     for key in ("best", "history", "strategy_state", "config"):
         assert second[key] == first[key], key
 
@@ -103,26 +102,26 @@ def test_the_probe_data_is_part_of_the_cache_key_only_when_set() -> None:
 
 @pytest.mark.timeout(240)
 def test_search_runs_on_a_remote_worker_through_redis_and_postgresql(
-    tmp_path: Path, redis_url: str, postgres_url: str
+    tmp_path: Path, redis_broker: str, postgres_url: str
 ) -> None:
     # Prepare: `nasfleet worker` started apart (as on another machine), on a Redis database of its own
-    broker = redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
-    redis.Redis.from_url(broker).flushdb()
-    worker = [sys.executable, "-m", "nasfleet.cli", "worker", "--broker", broker, "--registry", postgres_url]
-    try:
-        with child_process(worker, tmp_path / "worker.log") as proc:
-            # Execute: the search starts no worker of its own
-            data = _search(
-                tmp_path / "remote.json", "--broker", broker, "--registry", postgres_url, "--workers", "0"
-            )
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) == 0
-    finally:
-        redis.Redis.from_url(broker).flushdb()
+    with child_process(worker_command(redis_broker, postgres_url), tmp_path / "worker.log") as proc:
+        # Execute: the search starts no worker of its own
+        data = _search(
+            tmp_path / "remote.json",
+            "--broker",
+            redis_broker,
+            "--registry",
+            postgres_url,
+            "--local-workers",
+            "0",
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
     # Assert
     service = data["service"]
     assert (service["mode"], service["local_workers"], service["scored"]) == ("distributed", 0, 6)
-    assert _scored_by(postgres_url, data) == set(service["workers"]) and service["workers"]
+    assert _scored_by(postgres_url, data) == (set(service["workers"]), 0) and service["workers"]
     assert data["best"]["arch"] in {entry["arch"] for entry in data["archive"]}
 
 

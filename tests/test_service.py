@@ -13,19 +13,18 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 import typer
 from kombu import Connection
 from service_support import (
-    assert_one_evaluation_per_arch,
+    TWO_JOBS,
+    check_outcomes,
     child_process,
-    outcome,
+    descendants,
+    process_group,
     python,
-    reference,
     sqlite_url,
     submit_plan,
 )
@@ -34,62 +33,43 @@ from typer.testing import CliRunner
 from nasfleet.cli.service import orchestrate, worker
 from nasfleet.server.registry import Registry
 from nasfleet.server.service.celery_app import CelerySettings, SettingsError
-from nasfleet.server.service.orchestrator import FairShare
-from nasfleet.server.service.runtime import LocalWorkers, Service, ServiceOptions, embedded, embedded_settings
+from nasfleet.server.service.dispatch import FairShare
+from nasfleet.server.service.runtime import (
+    LocalWorkers,
+    Service,
+    ServiceOptions,
+    embedded_settings,
+    make_service,
+)
 
 REDIS_DB = 11
 THREE_BY_THREE = [(tenant, seed, 8, seed % 2) for tenant in ("a", "b", "c") for seed in (1, 2, 3)]
-TWO_JOBS = [("acme", 1, 12, 0), ("globex", 2, 12, 1)]
 
 
 def _queue() -> str:
     return f"nasfleet-test-{uuid.uuid4().hex[:8]}"
 
 
-def _process_group(pid: int) -> list[int]:
-    """Live processes of the process group *pid* leads (a worker and its pool children)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pid and fields[0] != "Z":
-                members.append(int(entry.name))
-    return members
-
-
 def _run_and_check(service: Service, tmp_path: Path, plan: list[tuple[str, int, int, int]]) -> None:
     jobs = submit_plan(service.registry, plan)
     orchestrator = service.orchestrator(fair=FairShare(max_in_flight=4))
     orchestrator.run(timeout_s=150)
-    assert [outcome(service.registry, job.id) for job in jobs] == reference(tmp_path / "ref", plan)
-    workers = set()
-    for job in jobs:
-        assert_one_evaluation_per_arch(service.registry, job.id)
-        workers |= {e.worker for e in service.registry.evaluations(job.id)}
-    # Scored by pool processes (host:pid), or answered by the cache (scored for another job)
-    scorers = workers - {"cache"}
-    assert scorers and all(name.count(":") == 1 for name in scorers), workers
+    check_outcomes(service.registry, tmp_path, jobs, plan)
+    evaluations = [e for job in jobs for e in service.registry.evaluations(job.id)]
+    # Scored by pool processes (host:pid), or answered by the cache (scored for another job): no worker
+    scorers = {e.worker for e in evaluations if not e.cached}
+    assert scorers and all(name.count(":") == 1 for name in scorers), scorers
+    assert {e.worker for e in evaluations if e.cached} <= {""}
     assert orchestrator.stats.dispatched > 0
 
 
-@pytest.fixture
-def redis_broker(redis_url: str) -> Iterator[str]:
-    """A Redis database of this module's own, emptied afterwards."""
-    url = redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
-    yield url
-    redis.Redis.from_url(url).flushdb()
-
-
 def test_embedded_mode_runs_two_jobs_through_real_workers(tmp_path: Path) -> None:
-    with embedded(tmp_path / "state", workers=2) as service:
+    with make_service(tmp_path / "state", workers=2) as service:
         assert service.settings.embedded and service.workers is not None
         pids = service.workers.pids
-        assert [len(_process_group(pid)) for pid in pids] == [2, 2]  # each worker and its pool process
+        assert [len(process_group(pid)) for pid in pids] == [2, 2]  # each worker and its pool process
         _run_and_check(service, tmp_path, TWO_JOBS)
-    assert [_process_group(pid) for pid in pids] == [[], []]
+    assert [process_group(pid) for pid in pids] == [[], []]
 
 
 def test_processes_opening_new_embedded_brokers_at_once_do_not_race(tmp_path: Path) -> None:
@@ -117,7 +97,7 @@ def test_processes_opening_new_embedded_brokers_at_once_do_not_race(tmp_path: Pa
 
 
 def test_embedded_mode_runs_three_tenants_with_three_jobs_each(tmp_path: Path) -> None:
-    with embedded(tmp_path / "state", workers=2) as service:
+    with make_service(tmp_path / "state", workers=2) as service:
         _run_and_check(service, tmp_path, THREE_BY_THREE)
 
 
@@ -184,27 +164,11 @@ def test_two_worker_commands_serve_the_orchestrate_command(tmp_path: Path) -> No
         for proc in (first, second):
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0
-            assert _process_group(proc.pid) == []
+            assert process_group(proc.pid) == []
     with Registry(settings.registry) as registry:
-        assert [outcome(registry, job.id) for job in jobs] == reference(tmp_path / "ref", TWO_JOBS)
-        workers = {e.worker.split(":")[1] for job in jobs for e in registry.evaluations(job.id)} - {"cache"}
-        assert len(workers) >= 2
-
-
-def _descendants(pid: int) -> list[int]:
-    """Live descendants of *pid*, whatever session they started."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError, ValueError):
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if fields[0] != "Z":
-                parents[int(entry.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        children = [child for child, parent in parents.items() if parent in frontier]
-        found.extend(children)
-        frontier = children
-    return found
+        check_outcomes(registry, tmp_path, jobs, TWO_JOBS)
+        evaluations = [e for job in jobs for e in registry.evaluations(job.id)]
+        assert len({e.worker.split(":")[1] for e in evaluations if not e.cached}) >= 2
 
 
 def test_sigterm_stops_the_orchestrate_command_and_its_local_workers(tmp_path: Path) -> None:
@@ -217,7 +181,7 @@ def test_sigterm_stops_the_orchestrate_command_and_its_local_workers(tmp_path: P
     command = [*program, *urls, "--state-dir", str(tmp_path / "logs")]
     with child_process(command, tmp_path / "o.log") as proc:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(workers := _descendants(proc.pid)) < 2:
+        while time.monotonic() < deadline and len(workers := descendants(proc.pid)) < 2:
             time.sleep(0.2)
         assert len(workers) >= 2, "the local worker and its pool process never started"
         # Execute

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,35 +19,22 @@ from pathlib import Path
 
 import pytest
 from service_support import (
-    assert_one_evaluation_per_arch,
+    TWO_JOBS,
+    check_outcomes,
     child_process,
-    fault_env,
-    outcome,
+    fault_workers,
+    free_port,
+    orchestrator_side,
     python,
-    reference,
     submit_plan,
     wait_for,
 )
 
-from nasfleet.server.registry import Registry
 from nasfleet.server.service.celery_app import CelerySettings
+from nasfleet.server.service.dispatch import FairShare
 from nasfleet.server.service.jobs import JobRun
-from nasfleet.server.service.orchestrator import FairShare
-from nasfleet.server.service.runtime import LocalWorkers, Service, ServiceOptions, embedded_settings
+from nasfleet.server.service.runtime import Service, ServiceOptions
 from nasfleet.server.service.tasks import PAYLOAD_VERSION, TASK_NAME
-
-PLAN = [("acme", 1, 12, 0), ("globex", 2, 12, 1)]
-
-
-def _workers(settings: CelerySettings, directory: Path, *faults: str, concurrency: int = 2) -> LocalWorkers:
-    env = fault_env(directory / "marks", *faults)
-    return LocalWorkers(settings, directory, concurrency=concurrency, app_module="fault_app", env=env)
-
-
-def _check(registry: Registry, tmp_path: Path, job_ids: list[str]) -> None:
-    assert [outcome(registry, job_id) for job_id in job_ids] == reference(tmp_path / "ref", PLAN)
-    for job_id in job_ids:
-        assert_one_evaluation_per_arch(registry, job_id)
 
 
 @contextmanager
@@ -84,47 +70,47 @@ def killer(marks: Path, kill: Callable[[int], None], after: int = 3) -> Iterator
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
     """An orchestrator's side of the embedded service; the tests start the workers themselves."""
-    with Service(embedded_settings(tmp_path / "state"), tmp_path, ServiceOptions(local_workers=0)) as started:
+    with orchestrator_side(tmp_path) as started:
         yield started
 
 
 def test_a_pool_process_killed_mid_batch_has_its_archs_redone(tmp_path: Path, service: Service) -> None:
-    jobs = submit_plan(service.registry, PLAN)
+    jobs = submit_plan(service.registry, TWO_JOBS)
     with (
-        _workers(service.settings, tmp_path, "delay=0.5") as workers,
+        fault_workers(service.settings, tmp_path, "delay=0.5") as workers,
         killer(tmp_path / "marks", lambda pid: os.kill(pid, signal.SIGKILL)) as killed,
     ):
         service.orchestrator(housekeeping=workers.revive).run(timeout_s=120)
     # The worker lived on (its pool replaced the child); the child's task was redelivered and redone
     assert killed and workers.revived == 0
-    _check(service.registry, tmp_path, [job.id for job in jobs])
+    check_outcomes(service.registry, tmp_path, jobs, TWO_JOBS)
 
 
 def test_a_whole_worker_killed_mid_batch_is_revived_and_its_tasks_sent_again(
     tmp_path: Path, service: Service
 ) -> None:
     # The SQLite broker forgets the tasks its dead consumer had taken: the orchestrator sends them again.
-    jobs = submit_plan(service.registry, PLAN)
-    with _workers(service.settings, tmp_path, "delay=0.5") as workers:
+    jobs = submit_plan(service.registry, TWO_JOBS)
+    with fault_workers(service.settings, tmp_path, "delay=0.5") as workers:
         kill = lambda _: os.killpg(workers.pids[0], signal.SIGKILL)  # noqa: E731
         with killer(tmp_path / "marks", kill):
             orchestrator = service.orchestrator(housekeeping=workers.revive, lost_after_s=4.0)
             orchestrator.run(timeout_s=120)
     assert workers.revived == 1 and orchestrator.stats.resent > 0
-    _check(service.registry, tmp_path, [job.id for job in jobs])
+    check_outcomes(service.registry, tmp_path, jobs, TWO_JOBS)
 
 
 def test_a_killed_orchestrator_restarted_reaches_the_uninterrupted_result(
     tmp_path: Path, service: Service
 ) -> None:
-    jobs = submit_plan(service.registry, PLAN)
+    jobs = submit_plan(service.registry, TWO_JOBS)
     script = python(
         "from nasfleet.server.service.celery_app import CelerySettings",
         "from nasfleet.server.service.runtime import Service, ServiceOptions",
         "settings = CelerySettings.from_env()",
         f"Service(settings, {str(tmp_path)!r}, ServiceOptions(local_workers=0)).run()",
     )
-    with _workers(service.settings, tmp_path, "delay=0.2"):
+    with fault_workers(service.settings, tmp_path, "delay=0.2"):
         with child_process(script, tmp_path / "orchestrator.log", service.settings.to_env()) as proc:
             done = lambda: sum(j.evaluations_done for j in service.registry.list_jobs()) >= 8  # noqa: E731
             wait_for(done, 90, "the first orchestrator to make progress")
@@ -132,42 +118,36 @@ def test_a_killed_orchestrator_restarted_reaches_the_uninterrupted_result(
             proc.wait()
         assert {job.status for job in service.registry.list_jobs()} == {"running"}
         service.orchestrator().run(timeout_s=120)
-    _check(service.registry, tmp_path, [job.id for job in jobs])
+    check_outcomes(service.registry, tmp_path, jobs, TWO_JOBS)
 
 
 def test_a_task_that_raises_is_retried_and_its_job_completes(tmp_path: Path, service: Service) -> None:
-    jobs = submit_plan(service.registry, PLAN)
-    with _workers(service.settings, tmp_path, "raise-once"):
+    jobs = submit_plan(service.registry, TWO_JOBS)
+    with fault_workers(service.settings, tmp_path, "raise-once"):
         service.orchestrator(fair=FairShare(max_in_flight=8)).run(timeout_s=120)
     raised = list((tmp_path / "marks").glob("raised-*"))
     assert len(raised) == sum(len(service.registry.evaluations(job.id)) for job in jobs)
-    _check(service.registry, tmp_path, [job.id for job in jobs])
+    check_outcomes(service.registry, tmp_path, jobs, TWO_JOBS)
 
 
 def test_a_malformed_task_is_rejected_once_and_the_worker_goes_on(tmp_path: Path, service: Service) -> None:
     malformed = [((), {}), (({"version": PAYLOAD_VERSION, "job_id": "zz"}, ["x"]), {}), (("a", "b", "c"), {})]
     for args, kwargs in malformed:
         service.app.send_task(TASK_NAME, args=args, kwargs=kwargs, queue=service.settings.queue)
-    jobs = submit_plan(service.registry, PLAN)
-    with _workers(service.settings, tmp_path, concurrency=1):
+    jobs = submit_plan(service.registry, TWO_JOBS)
+    with fault_workers(service.settings, tmp_path, concurrency=1):
         service.orchestrator().run(timeout_s=120)
         time.sleep(2.0)  # a retried task would come back within this
     log = (tmp_path / "worker-0.log").read_text()
     assert log.count("rejected a malformed task") == len(malformed), log[-3000:]
     assert "task arguments must be (payload, archs)" in log and "payload.job_id must be" in log
-    _check(service.registry, tmp_path, [job.id for job in jobs])
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    check_outcomes(service.registry, tmp_path, jobs, TWO_JOBS)
 
 
 def test_the_redis_broker_restarted_mid_job_loses_no_evaluation(tmp_path: Path, redis_url: str) -> None:
     # A Redis server of this test's own (the shared one is never restarted), without persistence: the
     # tasks queued at the restart are lost, and the orchestrator, seeing a new run_id, sends them again.
-    port = _free_port()
+    port = free_port()
     command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     settings = CelerySettings(broker=f"redis://127.0.0.1:{port}/0", registry=f"sqlite:///{tmp_path}/r.sqlite")
     ready = lambda: (tmp_path / "redis.log").read_text().count("Ready to accept")  # noqa: E731
@@ -185,10 +165,10 @@ def test_the_redis_broker_restarted_mid_job_loses_no_evaluation(tmp_path: Path, 
                 wait_for(lambda: ready() == 2, 20, "Redis to restart")
 
         service = processes.enter_context(Service(settings, tmp_path, ServiceOptions(local_workers=0)))
-        jobs = submit_plan(service.registry, PLAN)
-        with _workers(settings, tmp_path, "delay=0.2") as workers:
+        jobs = submit_plan(service.registry, TWO_JOBS)
+        with fault_workers(settings, tmp_path, "delay=0.2") as workers:
             # lost_after_s stays at its default (900 s): the orchestrator sees Redis's new run_id instead
             orchestrator = service.orchestrator(on_step=restart_broker, housekeeping=workers.revive)
             orchestrator.run(timeout_s=150)
         assert restarts and orchestrator.watch is not None and orchestrator.watch.broker_restarts == 1
-        _check(service.registry, tmp_path, [job.id for job in jobs])
+        check_outcomes(service.registry, tmp_path, jobs, TWO_JOBS)

@@ -15,12 +15,12 @@ from nasfleet.spaces import Cost, Genome, NB201Space, SearchSpace, Segment
 from nasfleet.strategies import (
     STRATEGIES,
     AnnealingOptions,
-    Constraints,
     EvolutionOptions,
     Feasibility,
     RandomOptions,
     RandomSearch,
     RegularizedEvolution,
+    SearchLimits,
     SimulatedAnnealing,
     Strategy,
     StrategyError,
@@ -28,7 +28,6 @@ from nasfleet.strategies import (
     get_strategy,
 )
 from nasfleet.strategies.annealing import normalized_rank
-from nasfleet.strategies.options import describe_options
 
 NB201 = NB201Space()
 TARGET = (3, 3, 1, 3, 2, 3)  # a fixed NB201 cell: the optimum of `agreement`
@@ -149,7 +148,8 @@ def test_defaults_are_filled_and_documented(name: str, options_type: type) -> No
     strategy = get_strategy(name, NB201, seed=0, budget=5)
     assert strategy.config == STRATEGIES[name].validate_config({}) == dataclasses.asdict(options_type())
     assert strategy.config == json.loads(json.dumps(strategy.config))
-    for key, default, _ in describe_options(options_type):
+    for field in dataclasses.fields(options_type):
+        key, default = field.name, field.default
         assert f"{key}:" in (options_type.__doc__ or ""), f"option {key} of {name} is undocumented"
         assert f"(default {str(default).lower()})" in (options_type.__doc__ or "").replace("\n", " ")
 
@@ -321,6 +321,6 @@ def test_annealing_refresh_re_ranks_the_current_architecture() -> None:
 # -- constraints ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", BUILT_INS)
 def test_every_ask_is_feasible_under_a_flops_limit(name: str) -> None:
-    feasible = Feasibility(NB201, Constraints(max_flops=40_000_000))
+    feasible = Feasibility(NB201, SearchLimits(max_flops=40_000_000))
     asked = run(get_strategy(name, NB201, seed=4, budget=40, feasible=feasible), agreement)
     assert all(NB201.cost(arch).flops <= 40_000_000 for arch in asked)

@@ -4,7 +4,7 @@
 # Cost on this 2-core machine: about 40 min (run 1), 10 min (run 2), 10 min (gamma sweep).
 set -euo pipefail
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
-common=(--space nb201 --column cifar10_test --seed 0 --data cifar10 --batch-size 64 --workers "${WORKERS:-2}")
+common=(--space nb201 --column cifar10_test --seed 0 --data cifar10 --batch-size 64 --processes "${WORKERS:-2}")
 
 # Run 1: FG-NAS, its ablations and the cheaper baselines on 1,000 random archs.
 .venv/bin/nasfleet bench correlation "${common[@]}" --sample "${SAMPLE:-1000}" --timing-sample 10 \

@@ -59,7 +59,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from support import (
     PostgresServer,
     RabbitServer,
@@ -76,6 +75,9 @@ from support import (
 )
 
 HERE = Path(__file__).resolve().parent
+sys.path.append(str(HERE.parent))  # experiments/, for the devices shared with scaling/
+from devices import device_characteristics  # noqa: E402
+
 MODES = ("embedded", "redis", "rabbitmq")
 FAULTS = ("none", "pool-child", "worker-main", "orchestrator", "redis-restart", "rabbitmq-restart",
           "postgres-restart")  # fmt: skip
@@ -94,17 +96,6 @@ def applicable(mode: str, fault: str) -> str | None:
 
 
 # -- jobs ----------------------------------------------------------------------------------------------------
-def characteristics(seed: int, shape: tuple[int, int, int], classes: int = 10) -> Any:
-    from nasfleet.protocol.messages import DataCharacteristics
-
-    dim = int(np.prod(shape))
-    rng = np.random.default_rng(seed)
-    histogram = tuple(int(v) for v in rng.integers(20, 80, classes))
-    means = (rng.standard_normal((classes, dim)) * 0.5).astype(np.float32)
-    bases = (rng.standard_normal((classes, 2, dim)) * 0.3).astype(np.float32)
-    return DataCharacteristics(shape, classes, sum(histogram), histogram, True, means, bases, 4.0, 1e-5)
-
-
 def submit(registry_url: str, args: argparse.Namespace) -> list[str]:
     """Two jobs of two tenants (different device data, so they share no cache entry)."""
     from nasfleet.server.registry import Registry
@@ -115,7 +106,7 @@ def submit(registry_url: str, args: argparse.Namespace) -> list[str]:
     shape = tuple(args.input)
     with Registry(registry_url) as registry:
         return [
-            submit_job(registry, tenant, characteristics(index, shape), strategy="evolution",  # type: ignore[arg-type]
+            submit_job(registry, tenant, device_characteristics(index, shape), strategy="evolution",  # type: ignore[arg-type]
                        budget=args.budget, seed=index + 1, options=options).id
             for index, tenant in enumerate(("acme", "globex"))
         ]  # fmt: skip
@@ -199,7 +190,7 @@ class Deployment:
         self.host = self.tracker.spawn(command, self.root / "orchestrate.log")
 
     def start_worker(self) -> None:
-        command = [*nasfleet_command(), "worker", *self._urls(), "--processes", str(self.args.workers),
+        command = [*nasfleet_command(), "worker", *self._urls(), "--local-workers", str(self.args.workers),
                    "--concurrency", str(self.args.concurrency)]  # fmt: skip
         self.worker = self.tracker.spawn(command, self.root / "worker.log")
 

@@ -235,19 +235,17 @@ def wait_until(condition: object, timeout_s: float, what: str, step_s: float = 0
 
 # -- private servers -----------------------------------------------------------------------------------------
 class Server:
-    """A private server of one cell; `restart` is the fault (kill, *down_s* away, start again)."""
+    """A private server of one cell on a loopback *port* (the one asked for if free, see `pick_port`);
+    `restart` is the fault (kill, *down_s* away, start again)."""
 
     name = "server"
 
-    def __init__(self, tracker: Tracker, directory: Path) -> None:
+    def __init__(self, tracker: Tracker, directory: Path, port: int) -> None:
         self.tracker, self.directory = tracker, directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.log_path = directory / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def port(self) -> int:
-        raise NotImplementedError
+        self.port = pick_port(port)
 
     def start(self) -> None:
         raise NotImplementedError
@@ -270,14 +268,6 @@ class Server:
 
 class RedisServer(Server):
     name = "redis"
-
-    def __init__(self, tracker: Tracker, directory: Path, port: int) -> None:
-        super().__init__(tracker, directory)
-        self._port = pick_port(port)
-
-    @property
-    def port(self) -> int:
-        return self._port
 
     @property
     def url(self) -> str:
@@ -307,8 +297,7 @@ class PostgresServer(Server):
     name = "postgres"
 
     def __init__(self, tracker: Tracker, directory: Path, port: int) -> None:
-        super().__init__(tracker, directory)
-        self._port = pick_port(port)
+        super().__init__(tracker, directory, port)
         binary = pg_bin()
         if binary is None or shutil.which("runuser") is None:
             raise RuntimeError(f"no PostgreSQL binaries in {PG_BIN_GLOB} (or no runuser)")
@@ -317,10 +306,6 @@ class PostgresServer(Server):
         shutil.chown(directory, "postgres")
         self.tracker.run(self._as_postgres("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
                                            "--no-sync"), self.log_path)  # fmt: skip
-
-    @property
-    def port(self) -> int:
-        return self._port
 
     def url(self, database: str = "postgres", driver: str = "postgresql+psycopg") -> str:
         return f"{driver}://postgres@127.0.0.1:{self.port}/{database}"
@@ -359,10 +344,9 @@ class RabbitServer(Server):
     SCRIPT = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 
     def __init__(self, tracker: Tracker, directory: Path, port: int) -> None:
-        super().__init__(tracker, directory)
         if not self.SCRIPT.exists():
             raise RuntimeError(f"no RabbitMQ server script at {self.SCRIPT}")
-        self._port = pick_port(port)
+        super().__init__(tracker, directory, port)
         self.dist_port = pick_port(port + 20000)
         self.epmd_port = pick_port(4379)
         home = directory / "home"
@@ -370,13 +354,13 @@ class RabbitServer(Server):
             (directory / sub).mkdir(exist_ok=True)
         (directory / "enabled_plugins").write_text("[].\n")
         (directory / "rabbitmq.conf").write_text(
-            f"listeners.tcp.local = 127.0.0.1:{self._port}\nloopback_users = none\n"
+            f"listeners.tcp.local = 127.0.0.1:{self.port}\nloopback_users = none\n"
         )
         (directory / "env.conf").write_text("")
         self.env = {
             "HOME": str(home), "RABBITMQ_CONF_ENV_FILE": str(directory / "env.conf"),
-            "RABBITMQ_NODENAME": f"nasfleet-faults-{self._port}@localhost",
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(self._port),
+            "RABBITMQ_NODENAME": f"nasfleet-faults-{self.port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(self.port),
             "RABBITMQ_DIST_PORT": str(self.dist_port), "ERL_EPMD_PORT": str(self.epmd_port),
             "ERL_EPMD_ADDRESS": "127.0.0.1", "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
             "RABBITMQ_LOG_BASE": str(directory / "log"),
@@ -385,10 +369,6 @@ class RabbitServer(Server):
             "RABBITMQ_PID_FILE": str(directory / "rabbitmq.pid"),
             "ERL_FLAGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         }  # fmt: skip
-
-    @property
-    def port(self) -> int:
-        return self._port
 
     @property
     def url(self) -> str:

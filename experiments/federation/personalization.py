@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from nasfleet.server.federation.app import RoundConfig
+from nasfleet.server.federation.config import RoundConfig
 from nasfleet.server.federation.round import DeviceOutcome
 from nasfleet.server.federation.simulation import simulate
 from nasfleet.spaces import get_space

@@ -36,27 +36,18 @@ from typing import Any
 
 import numpy as np
 
-from nasfleet.protocol.messages import DataCharacteristics
 from nasfleet.server.service.celery_app import CelerySettings
+from nasfleet.server.service.dispatch import FairShare
 from nasfleet.server.service.jobs import JobOptions, JobRun, submit_job
-from nasfleet.server.service.orchestrator import FairShare
 from nasfleet.server.service.runtime import Service, ServiceOptions, embedded_settings
 
 HERE = Path(__file__).resolve().parent
+sys.path.append(str(HERE.parent))  # experiments/, for the devices shared with faults/
+from devices import device_characteristics  # noqa: E402
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def characteristics(seed: int, shape: tuple[int, int, int], classes: int = 10) -> DataCharacteristics:
-    """A labeled device with rank-4 sketches: what a real device sends, at a small input size."""
-    dim = int(np.prod(shape))
-    rng = np.random.default_rng(seed)
-    histogram = tuple(int(v) for v in rng.integers(20, 80, classes))
-    means = (rng.standard_normal((classes, dim)) * 0.5).astype(np.float32)
-    bases = (rng.standard_normal((classes, 4, dim)) * 0.3).astype(np.float32)
-    return DataCharacteristics(shape, classes, sum(histogram), histogram, True, means, bases, 4.0, 1e-5)
 
 
 def progress(label: str, total: int) -> Callable[[JobRun], None]:
@@ -84,7 +75,8 @@ def run_jobs(
     job_options = JobOptions(ask_size=args.ask_size, batch_size=args.batch_size)
     with Service(settings, state, options) as service:
         jobs = [
-            submit_job(service.registry, tenant, characteristics(chars, shape), strategy="evolution",  # type: ignore[arg-type]
+            submit_job(service.registry, tenant, device_characteristics(chars, shape, rank=4),  # type: ignore[arg-type]
+                       strategy="evolution",
                        budget=args.budget if len(plan) > 1 else args.overhead_budget, seed=seed,
                        options=job_options)
             for tenant, seed, chars in plan

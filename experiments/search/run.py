@@ -43,7 +43,7 @@ from nasfleet.proxies.engine import score_archs
 from nasfleet.proxies.probe import ProbeBatch
 from nasfleet.search import SearchConfig, make_strategy, run_search
 from nasfleet.spaces import SearchSpace, get_space
-from nasfleet.strategies import Constraints
+from nasfleet.strategies import SearchLimits
 
 HERE = Path(__file__).resolve().parent
 STRATEGIES = ("random", "evolution", "ga", "cmaes", "annealing")
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     space = get_space(args.space)
     dataset = load_dataset(args.data, "train")
     batch = ProbeBatch.from_dataset(dataset, args.batch_size, args.probe_seed, labeled)
-    constraints = Constraints(max_params=args.max_params, max_flops=args.max_flops)
+    constraints = SearchLimits(max_params=args.max_params, max_flops=args.max_flops)
     names = SearchConfig(args.space, "random", 1, labeled=labeled).proxy_names
     probe = {
         "space": args.space, "data": args.data, "split": "train", "batch_size": args.batch_size,

@@ -1,8 +1,7 @@
-"""``nasfleet registry``: list, show and export what a registry holds.
+"""``nasfleet registry``: list, show and export what a registry holds; `open_registry` for every command
+that only reads one.
 
-The registry is named by ``--registry URL``, else by the environment variable ``NASFLEET_REGISTRY``,
-else ``sqlite:///nasfleet-registry.db`` in the current directory. These commands only read: they never
-create a registry, and a SQLite file that does not exist is an error.
+These commands never create a registry: a SQLite file that does not exist is a ``--registry`` error.
 """
 
 from __future__ import annotations
@@ -20,23 +19,15 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from nasfleet.cli.options import RegistryOption
 from nasfleet.cli.outputs import check_output, write_output
-from nasfleet.server.registry.models import JobRecord, RegistryError, ReportRecord
-from nasfleet.server.registry.storage import DEFAULT_URL, Registry
+from nasfleet.server.registry import DEFAULT_URL, JobRecord, Registry, RegistryError, ReportRecord
 
 registry_app = typer.Typer(
     help="List, show and export the registry's tenants, devices, jobs, results and reports.",
     no_args_is_help=True,
 )
 
-RegistryOption = Annotated[
-    str,
-    typer.Option(
-        "--registry",
-        envvar="NASFLEET_REGISTRY",
-        help="Registry URL: sqlite:///FILE or postgresql+psycopg://USER@HOST:PORT/DATABASE.",
-    ),
-]
 TenantOption = Annotated[str | None, typer.Option("--tenant", help="Only this tenant's rows.")]
 Rows = tuple[list[str], list[list[str]]]
 

@@ -1,10 +1,11 @@
 """``nasfleet serve`` (the tenant HTTP API) and ``nasfleet tenants`` (tenants and their API keys).
 
-``nasfleet serve`` takes the broker, registry and queue flags of ``nasfleet worker``. Embedded (the
-default SQLite broker and registry, no server needed) it starts its own local workers; distributed
-(``--broker redis://…|amqp://…``, ``--registry postgresql+psycopg://…``) it adds ``--local-workers``
-to whatever ``nasfleet worker``s run elsewhere (0: remote only). Unless ``--no-orchestrate``, it runs
-the submitted jobs too (one orchestrator per registry: give further API servers ``--no-orchestrate``).
+``nasfleet serve`` takes the broker, registry and queue options of ``nasfleet worker``: by default an
+SQLite broker file and an SQLite registry in the current directory (no server needed), else
+``--broker redis://…|amqp://…`` and ``--registry postgresql+psycopg://…``. It starts ``--local-workers``
+Celery workers of its own (0: only ``nasfleet worker``s on the same broker score). Unless
+``--no-orchestrate``, it runs the submitted jobs too (one orchestrator per registry: give further API
+servers ``--no-orchestrate``).
 
 ``nasfleet tenants create NAME`` prints the new tenant's API key on stdout, once; the registry keeps only
 a salted hash of it. With ``--key-file PATH`` the key goes to a new file instead (mode 0600), which is
@@ -25,28 +26,29 @@ from typing import Annotated
 
 import typer
 
+from nasfleet.cli.options import (
+    BrokerOption,
+    ConcurrencyOption,
+    LocalWorkersOption,
+    MaxInFlightOption,
+    MaxJobsPerTenantOption,
+    QueueOption,
+    RegistryOption,
+    StateDirOption,
+)  # fmt: skip
 from nasfleet.cli.outputs import ExclusiveFile
-from nasfleet.cli.registry import RegistryOption as TenantRegistryOption
 from nasfleet.cli.registry import open_registry
-from nasfleet.cli.service import BrokerOption, ConcurrencyOption, QueueOption, RegistryOption
+from nasfleet.cli.service import celery_settings, service_options
 from nasfleet.protocol.messages import MAX_SKETCH_VALUES
 from nasfleet.server.api.app import ApiSettings, create_app
 from nasfleet.server.api.runner import ServiceProblems, running_service
 from nasfleet.server.api.schemas import MAX_BUDGET
 from nasfleet.server.api.validation import Limits
 from nasfleet.server.registry import DEFAULT_URL, Registry, RegistryError
-from nasfleet.server.service.celery_app import (
-    DEFAULT_BROKER_URL,
-    DEFAULT_QUEUE,
-    CelerySettings,
-    SettingsError,
-)
-from nasfleet.server.service.orchestrator import FairShare
-from nasfleet.server.service.runtime import ServiceOptions
+from nasfleet.server.service.celery_app import DEFAULT_BROKER_URL, DEFAULT_QUEUE
 
 tenants_app = typer.Typer(help="Tenants of the HTTP API and their API keys.", no_args_is_help=True)
 
-MAX_PROCESSES = 256
 KeyFileOption = Annotated[
     Path | None,
     typer.Option(
@@ -62,26 +64,13 @@ def serve(
     broker: BrokerOption = DEFAULT_BROKER_URL,
     registry: RegistryOption = DEFAULT_URL,
     queue: QueueOption = DEFAULT_QUEUE,
-    local_workers: Annotated[
-        int,
-        typer.Option(
-            "--local-workers",
-            min=0,
-            max=MAX_PROCESSES,
-            help="Worker processes to start here (0: remote only).",
-        ),
-    ] = 1,
+    local_workers: LocalWorkersOption = 1,
     concurrency: ConcurrencyOption = 1,
     orchestrate: Annotated[
         bool, typer.Option("--orchestrate/--no-orchestrate", help="Run the submitted jobs in this server.")
     ] = True,
-    max_jobs_per_tenant: Annotated[
-        int,
-        typer.Option("--max-jobs-per-tenant", min=1, max=10_000, help="Jobs of one tenant searched at once."),
-    ] = 4,
-    max_in_flight: Annotated[
-        int, typer.Option("--max-in-flight", min=1, max=100_000, help="Archs sent, unanswered.")
-    ] = 8,
+    max_jobs_per_tenant: MaxJobsPerTenantOption = 4,
+    max_in_flight: MaxInFlightOption = 8,
     max_active_jobs: Annotated[
         int,
         typer.Option(
@@ -106,18 +95,17 @@ def serve(
     threads: Annotated[
         int, typer.Option("--threads", min=1, max=1000, help="Threads serving requests.")
     ] = 40,
-    state_dir: Annotated[Path, typer.Option("--state-dir", help="Local workers' logs.")] = Path(".nasfleet"),
+    state_dir: StateDirOption = Path(".nasfleet"),
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
 ) -> None:
-    """Serve the tenant HTTP API (OpenAPI at /openapi.json, docs at /docs) and run the submitted jobs."""
+    """Serve the tenant HTTP API (OpenAPI at /openapi.json, docs at /docs) and run the submitted jobs.
+
+    Without --broker, the broker is a lasting SQLite file in the current directory (see --broker).
+    """
     import uvicorn
 
-    try:
-        settings = CelerySettings(broker=broker, registry=registry, queue=queue)
-    except SettingsError as error:
-        raise typer.BadParameter(str(error)) from None
-    fair = FairShare(max_jobs_per_tenant=max_jobs_per_tenant, max_in_flight=max_in_flight)
-    options = ServiceOptions(local_workers=local_workers, concurrency=concurrency, fair=fair)
+    settings = celery_settings(broker, registry, queue)
+    options = service_options(local_workers, concurrency, max_jobs_per_tenant, max_in_flight)
     api = ApiSettings(max_body_bytes, max_active_jobs, Limits(max_budget, max_sketch_values), threads)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -157,7 +145,7 @@ def _signals_kept() -> Iterator[list[int]]:
 @tenants_app.command("create")
 def tenants_create(
     name: Annotated[str, typer.Argument(help="Tenant name: 1-64 characters of [A-Za-z0-9_.-].")],
-    registry: TenantRegistryOption = DEFAULT_URL,
+    registry: RegistryOption = DEFAULT_URL,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Add a key if the tenant exists.")] = False,
     key_file: KeyFileOption = None,
 ) -> None:
@@ -197,7 +185,7 @@ def _issue_key(
 @tenants_app.command("add-key")
 def tenants_add_key(
     name: Annotated[str, typer.Argument(help="An existing tenant.")],
-    registry: TenantRegistryOption = DEFAULT_URL,
+    registry: RegistryOption = DEFAULT_URL,
     key_file: KeyFileOption = None,
 ) -> None:
     """One more API key for an existing tenant (e.g. to rotate keys): once, on stdout or in --key-file."""
@@ -212,7 +200,7 @@ def tenants_add_key(
 
 @tenants_app.command("list")
 def tenants_list(
-    registry: TenantRegistryOption = DEFAULT_URL,
+    registry: RegistryOption = DEFAULT_URL,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per tenant.")] = False,
 ) -> None:
     """Every tenant with its API keys' ids (the secret parts are never stored) and whether revoked."""
@@ -234,7 +222,7 @@ def tenants_list(
 @tenants_app.command("revoke-key")
 def tenants_revoke_key(
     key: Annotated[str, typer.Argument(help="The API key, or its id (the part after 'nfk_').")],
-    registry: TenantRegistryOption = DEFAULT_URL,
+    registry: RegistryOption = DEFAULT_URL,
 ) -> None:
     """Revoke an API key at once: every later request with it is a 401."""
     with open_registry(registry) as store:

@@ -1,9 +1,9 @@
-"""``nasfleet worker`` and ``nasfleet orchestrate``: the service's commands, wired into `nasfleet.cli`.
+"""``nasfleet worker`` and ``nasfleet orchestrate``, and the checks of the service options all commands share.
 
-``nasfleet worker`` runs scoring workers on this machine for a broker and a registry (start it on any
-number of machines); it keeps them alive (a worker process that exits is restarted) until SIGINT or
-SIGTERM. ``nasfleet orchestrate`` runs the registry's unfinished jobs to the end, with local workers of
-its own (embedded mode, the default) or only remote ones (``--local-workers 0``).
+``nasfleet worker`` runs ``--local-workers`` Celery scoring workers on this machine for a broker and a
+registry (start it on any number of machines) and keeps them alive (one that exits is restarted) until
+SIGINT or SIGTERM. ``nasfleet orchestrate`` runs the registry's unfinished jobs to the end, with Celery
+workers of its own (``--local-workers``) and any ``nasfleet worker``s on the same broker.
 """
 
 from __future__ import annotations
@@ -17,6 +17,17 @@ from typing import Annotated, Any
 
 import typer
 
+from nasfleet.cli.options import (
+    BrokerOption,
+    ConcurrencyOption,
+    LocalWorkersOption,
+    MaxInFlightOption,
+    MaxJobsPerTenantOption,
+    QueueOption,
+    RegistryOption,
+    StateDirOption,
+    WaitOption,
+)  # fmt: skip
 from nasfleet.server.registry import DEFAULT_URL, RegistryError
 from nasfleet.server.service.celery_app import (
     DEFAULT_BROKER_URL,
@@ -27,33 +38,42 @@ from nasfleet.server.service.celery_app import (
     resolve_queue,
 )
 from nasfleet.server.service.containment import registry_unreachable
-from nasfleet.server.service.orchestrator import FairShare, Orchestrator
+from nasfleet.server.service.dispatch import FairShare
+from nasfleet.server.service.orchestrator import Orchestrator
 from nasfleet.server.service.runtime import LocalWorkers, Service, ServiceOptions, broker_problem
 
 RETRY_S = 2.0
+TEMPORARY_BROKER = "sqlite:///temporary.sqlite"  # stands for the file `make_service` makes, to check URLs
 
-BrokerOption = Annotated[
-    str,
-    typer.Option("--broker", help="sqlite:///FILE (embedded, no server) | redis://HOST:PORT/DB | amqp://..."),
-]
-RegistryOption = Annotated[
-    str, typer.Option("--registry", help="sqlite:///FILE | postgresql+psycopg://USER@HOST:PORT/DB")
-]
-QueueOption = Annotated[
-    str,
-    typer.Option("--queue", help="Celery queue the workers consume (default: the registry's deployment's)."),
-]
-ConcurrencyOption = Annotated[
-    int, typer.Option("--concurrency", min=1, help="Pool processes per worker (one torch thread each).")
-]
 PoolOption = Annotated[str, typer.Option("--pool", help="Celery pool: prefork | solo.")]
 
 
-def _settings(broker: str, registry: str, queue: str) -> CelerySettings:
+def celery_settings(broker: str, registry: str, queue: str = DEFAULT_QUEUE) -> CelerySettings:
+    """The service's settings; a URL or queue that cannot work is a usage error naming it."""
     try:
         return CelerySettings(broker=broker, registry=registry, queue=queue)
     except SettingsError as error:
         raise typer.BadParameter(str(error)) from None
+
+
+def service_options(
+    local_workers: int, concurrency: int, max_jobs_per_tenant: int, max_in_flight: int
+) -> ServiceOptions:
+    """The service options of ``serve`` and ``orchestrate``: local workers and the fair share of jobs."""
+    fair = FairShare(max_jobs_per_tenant=max_jobs_per_tenant, max_in_flight=max_in_flight)
+    return ServiceOptions(local_workers=local_workers, concurrency=concurrency, fair=fair)
+
+
+def check_service_options(broker: str, registry: str, local_workers: int) -> None:
+    """Usage errors before ``search`` or ``simulate`` starts anything: a URL that cannot work, or no
+    local worker for the temporary broker (no --broker), which no other worker can reach."""
+    if not broker and local_workers < 1:
+        raise typer.BadParameter(
+            "must be at least 1 without --broker (no other worker can reach this command's temporary "
+            f"broker), but got {local_workers}",
+            param_hint="--local-workers",
+        )
+    celery_settings(broker or TEMPORARY_BROKER, registry)
 
 
 def _reachable(settings: CelerySettings, wait_s: float, stopping: list[int]) -> CelerySettings | None:
@@ -85,19 +105,22 @@ def worker(
     broker: BrokerOption = DEFAULT_BROKER_URL,
     registry: RegistryOption = DEFAULT_URL,
     queue: QueueOption = DEFAULT_QUEUE,
+    local_workers: LocalWorkersOption = 1,
     concurrency: ConcurrencyOption = 1,
-    processes: Annotated[int, typer.Option("--processes", min=1, max=256, help="Worker processes.")] = 1,
     pool: PoolOption = "prefork",
-    wait: Annotated[
-        float,
-        typer.Option("--wait", min=0, max=86_400, help="Seconds to retry an unreachable broker or registry."),
-    ] = 60.0,
+    wait: WaitOption = 60.0,
 ) -> None:
     """Run scoring workers for a broker and a registry until interrupted (restarting any that exit).
 
-    An unreachable broker or registry is said in one line and retried; after --wait seconds the command
-    exits with status 1.
+    It starts --local-workers Celery worker processes (at least 1), each with --concurrency pool
+    processes. An unreachable broker or registry is said in one line and retried; after --wait seconds
+    the command exits with status 1.
     """
+    if local_workers < 1:
+        raise typer.BadParameter(
+            f"must be at least 1 (the workers this command runs), but got {local_workers}",
+            param_hint="--local-workers",
+        )
     stopping: list[int] = []
 
     def stop(signum: int, _frame: Any) -> None:
@@ -105,15 +128,15 @@ def worker(
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        found = _reachable(_settings(broker, registry, queue), wait, stopping)
+        found = _reachable(celery_settings(broker, registry, queue), wait, stopping)
         if found is None:
             raise typer.Exit(0 if stopping else 1)
         settings = found
         with tempfile.TemporaryDirectory(prefix="nasfleet-worker-") as state:
-            workers = LocalWorkers(settings, state, processes=processes, concurrency=concurrency,
+            workers = LocalWorkers(settings, state, processes=local_workers, concurrency=concurrency,
                                    pool=pool, log_dir="-")  # fmt: skip
             with workers:
-                shown = f"{processes} x {concurrency} on queue {settings.queue!r}, pids {workers.pids}"
+                shown = f"{local_workers} x {concurrency} on queue {settings.queue!r}, pids {workers.pids}"
                 typer.echo(f"nasfleet worker: {shown}", err=True)
                 while not stopping:
                     if workers.revive():
@@ -156,26 +179,22 @@ def orchestrate(
     broker: BrokerOption = DEFAULT_BROKER_URL,
     registry: RegistryOption = DEFAULT_URL,
     queue: QueueOption = DEFAULT_QUEUE,
-    local_workers: Annotated[
-        int, typer.Option("--local-workers", min=0, help="Worker processes to start here (0: remote only).")
-    ] = 1,
+    local_workers: LocalWorkersOption = 1,
     concurrency: ConcurrencyOption = 1,
-    max_jobs_per_tenant: Annotated[int, typer.Option("--max-jobs-per-tenant", min=1)] = 4,
-    max_in_flight: Annotated[int, typer.Option("--max-in-flight", min=1, help="Archs sent, unanswered.")] = 8,
-    state_dir: Annotated[Path, typer.Option("--state-dir", help="Local workers' logs.")] = Path(".nasfleet"),
-    wait: Annotated[
-        float,
-        typer.Option("--wait", min=0, max=86_400, help="Seconds to retry a registry that went away."),
-    ] = 60.0,
+    max_jobs_per_tenant: MaxJobsPerTenantOption = 4,
+    max_in_flight: MaxInFlightOption = 8,
+    state_dir: StateDirOption = Path(".nasfleet"),
+    wait: WaitOption = 60.0,
 ) -> None:
     """Run the registry's unfinished jobs to the end through Celery; print each result as JSON lines.
+
+    Without --broker, the broker is a lasting SQLite file in the current directory (see --broker).
 
     A registry that goes away (a database restart) stops the orchestrator, which is started again every
     2 s for up to --wait seconds and resumes every job from its checkpoint; then the command exits 1.
     """
-    settings = _settings(broker, registry, queue)
-    fair = FairShare(max_jobs_per_tenant=max_jobs_per_tenant, max_in_flight=max_in_flight)
-    options = ServiceOptions(local_workers=local_workers, concurrency=concurrency, fair=fair)
+    settings = celery_settings(broker, registry, queue)
+    options = service_options(local_workers, concurrency, max_jobs_per_tenant, max_in_flight)
     # SIGTERM unwinds like Ctrl-C, so the local workers are stopped; every job resumes from its stored state.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -1,4 +1,4 @@
-"""The device's Flower ``ClientApp`` (DESIGN steps 1 and 7): answers ``query`` and ``train`` messages.
+"""The device's Flower ``ClientApp``: answers ``query`` and ``train`` messages.
 
 A device's setup (which local data it holds, its tier, its privacy budget) is read from Flower's
 configuration, most specific first: the SuperNode's ``node_config`` (``--node-config`` on the
@@ -30,11 +30,8 @@ from nasfleet.clients.training import train_subnet
 from nasfleet.data.datasets import Dataset, load_dataset
 from nasfleet.data.partition import partition
 from nasfleet.protocol.messages import DeviceIdentity, MessageError, SubNetAssignment, require
-from nasfleet.protocol.wire import pack, unpack
+from nasfleet.protocol.wire import ConfigValue, pack, unpack
 
-ConfigValue = bool | float | int | str
-QUERY = "query.characteristics"
-TRAIN = "train.subnet"
 ERROR_BAD_MESSAGE = 400
 ERROR_HANDLER_FAILED = 500
 log = logging.getLogger(__name__)
@@ -133,7 +130,7 @@ def _handle(
     except (MessageError, ValueError) as error:
         log.warning("rejected %s: %s", message.metadata.message_type, error)
         return Message(Error(ERROR_BAD_MESSAGE, str(error)), reply_to=message)
-    except Exception as error:  # a failing device must answer, not crash (DESIGN: errors are recorded)
+    except Exception as error:  # a failing device must answer, not crash: the server records its error
         log.exception("handler for %s failed", message.metadata.message_type)
         return Message(Error(ERROR_HANDLER_FAILED, f"{type(error).__name__}: {error}"), reply_to=message)
 

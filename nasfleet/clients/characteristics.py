@@ -1,4 +1,4 @@
-"""Data characteristics of a device's local data, with differentially private input sketches (DESIGN step 1).
+"""Data characteristics of a device's local data, with differentially private input sketches.
 
 What is released
 ----------------

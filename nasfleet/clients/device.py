@@ -1,20 +1,21 @@
 """Simulated edge hardware: device tiers, on-device latency calibration and the latency model.
 
 A federation simulated on one machine still needs heterogeneous devices. Each `DeviceTier` carries the
-`ResourceConstraints` a device of that class sends to the server (DESIGN step 1) and a ``slowdown``
+`ResourceConstraints` a device of that class sends to the server and a ``slowdown``
 factor. The slowdown is *emulation*: every network runs on this host, and each time measured on it is
 multiplied by the tier's slowdown, as if the hardware were that many times slower. Nothing sleeps.
 
 `calibrate_profile` fits the `DeviceProfile` latency model ``latency_ms = overhead_ms + flops /
 flops_per_ms`` by timing a fixed ladder of NAS-Bench-201 reference networks on this host, and
-`latency_model` turns a profile into the predictor the orchestrator uses to reject slow candidates.
+`nasfleet.search.limits.latency_model` turns a profile into the predictor a search uses to reject slow
+candidates.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from nasfleet.protocol.messages import DeviceProfile, ResourceConstraints
-from nasfleet.spaces import Genome, InputShape, SearchSpace, get_space
+from nasfleet.spaces import InputShape, get_space
 from nasfleet.spaces.base import check_input_shape
 
 #: The input shape at which the tiers' FLOP limits are stated (CIFAR-10 images).
@@ -225,15 +226,3 @@ def calibrate_profile(
             times.append(measure_latency_ms(network, shape, tier.slowdown, repeats))
     flops_per_ms, overhead_ms = fit_latency(flops, times)
     return DeviceProfile(tier.name, flops_per_ms, overhead_ms, tier.memory_mb)
-
-
-def latency_model(
-    profile: DeviceProfile, space: SearchSpace, num_classes: int, input_shape: InputShape
-) -> Callable[[Genome], float]:
-    """Predicted latency (ms) of an architecture of ``space`` from its exact FLOPs on ``profile``."""
-    shape = check_input_shape(input_shape, num_classes)
-
-    def predict(arch: Genome) -> float:
-        return profile.predict_latency_ms(space.cost(arch, num_classes, shape).flops)
-
-    return predict

@@ -1,4 +1,4 @@
-"""Local training of a delivered SubNet on the device's own data (DESIGN step 7).
+"""Local training of a delivered SubNet on the device's own data.
 
 `train_subnet` is the device's answer to a ``train`` message: it rebuilds the SubNet from its arch string,
 holds out a stratified part of the local data, trains with SGD within the message's epoch and time budget,

@@ -1,4 +1,4 @@
-"""The versioned, validated messages that cross the wire between device and server (DESIGN steps 1, 6, 7).
+"""The versioned, validated messages that cross the wire between device and server.
 
 Each message is a frozen dataclass with ``to_wire() -> (scalars, arrays)`` and
 ``from_wire(scalars, arrays)``. *scalars* is a flat mapping of JSON-able values (Flower ``ConfigRecord``,
@@ -80,7 +80,7 @@ def _input_shape(value: object) -> tuple[int, int, int]:
 
 @dataclass(frozen=True, eq=False)
 class DataCharacteristics:
-    """What a device tells the server about its local data (DESIGN step 1), never a raw sample.
+    """What a device tells the server about its local data, never a raw sample.
 
     Attributes
     ----------
@@ -220,7 +220,7 @@ class DeviceProfile:
 
 @dataclass(frozen=True)
 class ResourceConstraints:
-    """A device's limits (DESIGN step 1); None means unconstrained. Memory bounds the float32 weights.
+    """A device's limits; None means unconstrained. Memory bounds the float32 weights.
 
     Ranges checked by `from_wire`: ``max_params`` and ``max_flops`` integers in [1, 10**15];
     ``max_latency_ms`` in [1e-3, 1e7]; ``max_memory_mb`` in [1e-3, 1e7] (at most 2.6e12 parameters).
@@ -269,7 +269,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SubNetAssignment:
-    """The server's ``train`` message: which SubNet to build and how to train it (DESIGN step 6).
+    """The server's ``train`` message: which SubNet to build and how to train it.
 
     Ranges checked by `from_wire`: ``space`` an identifier ([a-z][a-z0-9_]{0,31}, never a path);
     ``train_epochs`` in [1, 1000]; ``train_batch_size`` in [1, 4096]; ``train_learning_rate`` in
@@ -311,7 +311,7 @@ _SUBNET = ("job_id", "space", "arch", "num_classes", "input_shape", "train_epoch
 
 @dataclass(frozen=True)
 class TrainingReport:
-    """The device's reply after local training (DESIGN step 7).
+    """The device's reply after local training.
 
     Ranges checked by `from_wire`: ``accuracy`` in [0, 1]; ``loss`` in [0, 1e9]; ``train_seconds`` and
     ``latency_ms`` in [0, 1e7]; ``num_train`` and ``num_test`` in [1, 10**9]; ``epochs_done`` in [0, 1000].

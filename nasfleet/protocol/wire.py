@@ -1,4 +1,5 @@
-"""Flower records <-> nasfleet messages: how a `messages` dataclass travels in a Flower ``RecordDict``.
+"""Flower records <-> nasfleet messages: how a `messages` dataclass travels in a Flower ``RecordDict``,
+and the round's message types.
 
 A message named ``name`` travels as the ``ConfigRecord`` ``name`` holding one ``"json"`` string (its
 scalars: ConfigRecord values cannot be None or nested, JSON can) and, when it has arrays, the
@@ -19,6 +20,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from nasfleet.protocol.messages import Arrays, MessageError, Scalars, Wire, require
 
 MAX_JSON_CHARS = 1_000_000
+#: The Flower message types of a round: the server's query, and its SubNet to train.
+QUERY = "query.characteristics"
+TRAIN = "train.subnet"
+#: A value of a Flower run config or node config.
+ConfigValue = bool | float | int | str
 
 
 class WireMessage(Protocol):

@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 from scipy.stats import rankdata
 
-from nasfleet.plugins import Registry
+from nasfleet.plugins import PluginTable
 from nasfleet.proxies.base import PROXIES, ProxyError
 
 
@@ -51,7 +51,7 @@ class Aggregate(ABC):
         """One score per architecture (higher is better), from columns of raw proxy values."""
 
 
-AGGREGATES: Registry[Aggregate] = Registry("aggregate", ProxyError)
+AGGREGATES: PluginTable[Aggregate] = PluginTable("aggregate", ProxyError)
 register_aggregate = AGGREGATES.register
 
 

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
 
-from nasfleet.plugins import Registry
+from nasfleet.plugins import PluginTable
 
 if TYPE_CHECKING:
     from nasfleet.proxies.probe import Probe
@@ -45,7 +45,7 @@ class Proxy(ABC):
         return value
 
 
-PROXIES: Registry[Proxy] = Registry("proxy", ProxyError)
+PROXIES: PluginTable[Proxy] = PluginTable("proxy", ProxyError)
 register = PROXIES.register
 
 

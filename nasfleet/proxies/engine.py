@@ -1,42 +1,46 @@
-"""The scoring engine: proxy names to values, one shared probe per architecture, aggregates and timing.
+"""The scoring engine: proxy names to values for a population, aggregates over it, and per-proxy cost.
 
 Names become classes here, once, from the registries (`PROXIES`, `AGGREGATES`); everything below works on
-the classes. Each architecture is built under ``torch.manual_seed(seed)``, so its initial weights depend only
-on the seed, and probed once: every requested proxy reads the same `Probe`, which runs the forward and the
-loss backward pass at most once.
-
-Every scorer, serial or pooled, runs torch's CPU operators and numpy's BLAS/LAPACK calls (PCA, SVD) on
-`SCORER_THREADS` thread(s): how a float reduction is split across threads changes its rounding (by up to
-~1e-6 relative for gradient proxies), so a fixed count is what makes the values bit-identical for any
-``workers``; and BLAS threads of several workers would otherwise contend for the same cores. To use more
-cores, use more workers (a pool of spawned processes, one architecture at a time each).
+the classes. Each architecture is scored by `nasfleet.proxies.scorer` (one shared probe per architecture,
+`SCORER_THREADS` threads, serially or in a pool of processes), so values are bit-identical for any
+``workers``.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from threadpoolctl import threadpool_limits
-from torch import nn
 
+from nasfleet.progress import progress as progress_display
 from nasfleet.proxies.aggregate import AGGREGATES, get_aggregate
 from nasfleet.proxies.base import PROXIES, Proxy, ProxyError
-from nasfleet.proxies.probe import Probe, ProbeBatch
+from nasfleet.proxies.probe import ProbeBatch
+from nasfleet.proxies.scorer import SCORER_THREADS, ScoringJob, score_here, score_in_pool, scorer_context
 from nasfleet.spaces import Genome, SearchSpace
+
+__all__ = [
+    "ALL",
+    "DEVICES",
+    "SCORER_THREADS",
+    "IsolationTiming",
+    "ScoreTable",
+    "add_aggregates",
+    "check_device",
+    "expand_names",
+    "progress_bar",
+    "score_archs",
+    "scorer_context",
+    "time_proxies_in_isolation",
+]
 
 ALL = "all"
 DEVICES = ("cpu", "cuda")
-SCORER_THREADS = 1
 
 
 # -- names -----------------------------------------------------------------------------------------------
@@ -121,68 +125,6 @@ def check_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-# -- one architecture ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Job:
-    """Everything a (possibly remote) scorer needs, picklable: classes, not registry names."""
-
-    space: SearchSpace
-    batch: ProbeBatch
-    proxies: tuple[type[Proxy], ...]
-    seed: int
-    device: str
-
-    def on_device(self) -> _Job:
-        return replace(self, batch=self.batch.to(self.device))
-
-    def build(self, arch: Genome) -> nn.Module:
-        """The network of ``arch`` with initial weights fixed by the seed alone."""
-        torch.manual_seed(self.seed)
-        network = self.space.build(arch, self.batch.num_classes, self.batch.input_shape)
-        return network.to(self.device)
-
-    def probe(self, arch: Genome, proxies: Sequence[type[Proxy]]) -> Probe:
-        codes = any(proxy.needs_activation_codes for proxy in proxies)
-        return Probe(self.build(arch), self.batch, seed=self.seed, record_activation_codes=codes)
-
-    def synchronize(self) -> None:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-
-
-def _values(job: _Job, arch: Genome, proxies: Sequence[type[Proxy]]) -> list[float]:
-    """Values of ``proxies`` on one fresh probe of ``arch``; errors name the architecture."""
-    probe = job.probe(arch, proxies)
-    try:
-        return [proxy()(probe) for proxy in proxies]
-    except ValueError as error:
-        raise ProxyError(f"arch {job.space.encode(arch)}: {error}") from error
-
-
-def _score_one(job: _Job, arch: Genome) -> tuple[list[float], float]:
-    """Raw values of every proxy of the job, and the wall time of building, probing and all proxies."""
-    start = time.perf_counter()
-    values = _values(job, arch, job.proxies)
-    job.synchronize()
-    return values, time.perf_counter() - start
-
-
-_WORKER_JOB: _Job | None = None
-
-
-def _init_worker(job: _Job) -> None:
-    global _WORKER_JOB
-    torch.set_num_threads(SCORER_THREADS)
-    threadpool_limits(SCORER_THREADS)
-    _WORKER_JOB = job.on_device()
-
-
-def _score_in_worker(arch: Genome) -> tuple[list[float], float]:
-    if _WORKER_JOB is None:
-        raise RuntimeError("a scoring worker must be initialised with its job before it scores")
-    return _score_one(_WORKER_JOB, arch)
-
-
 # -- many architectures ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ScoreTable:
@@ -204,64 +146,17 @@ class ScoreTable:
 
 
 @contextmanager
-def scorer_context(device: str) -> Iterator[None]:
-    """Score as every pooled worker does: on `SCORER_THREADS` threads (torch and BLAS); restore the caller's
-    threads and RNG.
-
-    Scoring reseeds torch's generator per architecture; forking it keeps the caller's random stream intact.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(SCORER_THREADS)
-    try:
-        devices: list[int] | None = None if device == "cuda" else []
-        with threadpool_limits(SCORER_THREADS), torch.random.fork_rng(devices=devices):
-            yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-@contextmanager
 def progress_bar(total: int, description: str, enabled: bool) -> Iterator[Callable[[], None]]:
-    """A rich progress bar on stderr; yields the function that advances it by one.
-
-    When stderr is not a terminal (a log file, CI), it prints a plain line every 5% instead, because a
-    live bar draws nothing there.
-    """
-    console = Console(stderr=True)
-    if enabled and not console.is_terminal:
-        done, step, started = 0, max(1, total // 20), time.perf_counter()
+    """`nasfleet.progress.progress`, advanced by one item per call of the function it yields."""
+    with progress_display(description, total, enabled) as update:
+        done = 0
 
         def advance() -> None:
             nonlocal done
             done += 1
-            if done % step == 0 or done == total:
-                elapsed = time.perf_counter() - started
-                console.print(f"{description}: {done}/{total} ({elapsed:.0f} s)", highlight=False)
+            update(done)
 
         yield advance
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=not enabled) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda: progress.advance(task)
-
-
-def _score_in_pool(
-    job: _Job, archs: Sequence[Genome], workers: int, advance: Callable[[], None]
-) -> list[tuple[list[float], float]]:
-    context = multiprocessing.get_context("spawn")
-    results: dict[int, tuple[list[float], float]] = {}
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(job,))
-    try:
-        futures: dict[Future[tuple[list[float], float]], int] = {
-            pool.submit(_score_in_worker, arch): index for index, arch in enumerate(archs)
-        }
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
-            advance()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return [results[index] for index in range(len(archs))]
 
 
 def score_archs(
@@ -289,16 +184,12 @@ def score_archs(
     if len(set(proxy_names)) != len(proxy_names):
         raise ValueError(f"proxy names must be distinct, but got {list(proxy_names)}")
     proxies = tuple(PROXIES[_checked_proxy(name)] for name in proxy_names)
-    job = _Job(space, batch.to("cpu"), proxies, seed, device)
-    with progress_bar(len(archs), "scoring", progress) as advance:
+    job = ScoringJob(space, batch.to("cpu"), proxies, seed, device)
+    with progress_display("scoring", len(archs), progress) as update:
         if workers == 1:
-            local, results = job.on_device(), []
-            with scorer_context(device):
-                for arch in archs:
-                    results.append(_score_one(local, arch))
-                    advance()
+            results = score_here(job, archs, update)
         else:
-            results = _score_in_pool(job, archs, min(workers, len(archs)), advance)
+            results = score_in_pool(job, archs, min(workers, len(archs)), update)
     values = {name: np.array([r[0][i] for r in results]) for i, name in enumerate(proxy_names)}
     seconds = np.array([r[1] for r in results])
     return ScoreTable(tuple(space.encode(arch) for arch in archs), values, seconds)
@@ -340,7 +231,7 @@ class IsolationTiming:
         return self.seconds[name] / self.reference
 
 
-def _forward_backward_seconds(job: _Job, arch: Genome) -> float:
+def _forward_backward_seconds(job: ScoringJob, arch: Genome) -> float:
     """Wall time of one plain training-mode forward pass and loss backward pass (building excluded)."""
     network = job.build(arch)
     start = time.perf_counter()
@@ -353,15 +244,11 @@ def _forward_backward_seconds(job: _Job, arch: Genome) -> float:
     return time.perf_counter() - start
 
 
-def _group_seconds(job: _Job, arch: Genome, proxies: Sequence[type[Proxy]]) -> float:
+def _group_seconds(job: ScoringJob, arch: Genome, proxies: Sequence[type[Proxy]]) -> float:
     """Wall time of ``proxies`` together on one fresh probe, building excluded."""
     probe = job.probe(arch, proxies)
     start = time.perf_counter()
-    try:
-        for proxy in proxies:
-            proxy()(probe)
-    except ValueError as error:
-        raise ProxyError(f"arch {job.space.encode(arch)}: {error}") from error
+    job.values(arch, probe, proxies)
     job.synchronize()
     return time.perf_counter() - start
 
@@ -404,15 +291,15 @@ def time_proxies_in_isolation(
     chosen = np.random.default_rng(seed).choice(len(archs), size=min(sample, len(archs)), replace=False)
     subset = [archs[int(i)] for i in sorted(chosen)]
     groups = _timing_groups(proxy_names, aggregate_names, labeled)
-    job = _Job(space, batch, (), seed, device).on_device()
+    job = ScoringJob(space, batch, (), seed, device).on_device()
     times: dict[str, list[float]] = {name: [] for name in [*groups, ""]}
-    with scorer_context(device), progress_bar(len(subset), "timing", progress) as advance:
+    with scorer_context(device), progress_display("timing", len(subset), progress) as update:
         _forward_backward_seconds(job, subset[0])
         for arch in subset:
             times[""].append(_forward_backward_seconds(job, arch))
             for name, members in groups.items():
                 times[name].append(_group_seconds(job, arch, members))
-            advance()
+            update(len(times[""]))
     medians = {name: float(np.median(values)) for name, values in times.items()}
     reference = medians.pop("")
     return IsolationTiming(medians, reference, tuple(space.encode(arch) for arch in subset))

@@ -1,17 +1,44 @@
-"""A device's search limits: its resource constraints and calibrated profile as the strategy sees them.
+"""A device's search limits: its resource constraints and calibrated profile as one feasibility check.
 
-Every device's search is a job of the service (`nasfleet.server.service.jobs`): the job rebuilds the device's
-synthetic proxy batch from its characteristics and turns its constraints and profile into a feasibility
-check (exact params/FLOPs, weight memory, and the profile's latency model against its latency limit).
+`device_feasibility` is the one place a device's limits become the strategy's `Feasibility`: exact
+params/FLOPs, weight memory folded into params, and the profile's latency model against its latency
+limit (a latency limit without a profile cannot be checked and is dropped).
 """
 
 from __future__ import annotations
 
 from nasfleet.protocol.messages import DeviceProfile, ResourceConstraints
-from nasfleet.strategies.base import Constraints
+from nasfleet.spaces import Genome, InputShape, SearchSpace
+from nasfleet.spaces.base import check_input_shape
+from nasfleet.strategies.base import Feasibility, LatencyModel, SearchLimits
 
 
-def search_constraints(constraints: ResourceConstraints, profile: DeviceProfile | None) -> Constraints:
+def search_limits(constraints: ResourceConstraints, profile: DeviceProfile | None) -> SearchLimits:
     """The strategy-side limits: weight memory folds into max_params; latency needs a profile."""
     max_latency = constraints.max_latency_ms if profile is not None else None
-    return Constraints(constraints.effective_max_params(), constraints.max_flops, max_latency)
+    return SearchLimits(constraints.effective_max_params(), constraints.max_flops, max_latency)
+
+
+def latency_model(
+    profile: DeviceProfile, space: SearchSpace, num_classes: int, input_shape: InputShape
+) -> LatencyModel:
+    """Predicted latency (ms) of an architecture of ``space`` from its exact FLOPs on ``profile``."""
+    shape = check_input_shape(input_shape, num_classes)
+
+    def predict(arch: Genome) -> float:
+        return profile.predict_latency_ms(space.cost(arch, num_classes, shape).flops)
+
+    return predict
+
+
+def device_feasibility(
+    space: SearchSpace,
+    constraints: ResourceConstraints,
+    profile: DeviceProfile | None,
+    num_classes: int,
+    input_shape: InputShape,
+) -> Feasibility:
+    """The feasibility check of a device's *constraints* and *profile* on data of this shape."""
+    bounds = search_limits(constraints, profile)
+    model = latency_model(profile, space, num_classes, input_shape) if profile is not None else None
+    return Feasibility(space, bounds, num_classes, input_shape, model)

@@ -1,4 +1,4 @@
-"""The synthetic proxy batch a worker rebuilds from a device's characteristics (DESIGN step 4).
+"""The synthetic proxy batch a worker rebuilds from a device's characteristics.
 
 A device never sends a sample, so the server scores candidate networks on a batch drawn from the
 device's released sketches: for group g, ``x = mean_g + class_bases[g].T @ z`` with z standard normal,

@@ -11,9 +11,9 @@ from nasfleet.strategies import annealing, cmaes, evolution, genetic, random_sea
 from nasfleet.strategies.annealing import AnnealingOptions, SimulatedAnnealing
 from nasfleet.strategies.base import (
     STRATEGIES,
-    Constraints,
     Feasibility,
     InfeasibleSearchError,
+    SearchLimits,
     Strategy,
     StrategyError,
     register_strategy,
@@ -40,7 +40,6 @@ __all__ = [
     "AnnealingOptions",
     "CMAESOptions",
     "CMAESStrategy",
-    "Constraints",
     "EvolutionOptions",
     "Feasibility",
     "GAOptions",
@@ -51,6 +50,7 @@ __all__ = [
     "RandomOptions",
     "RandomSearch",
     "RegularizedEvolution",
+    "SearchLimits",
     "SimulatedAnnealing",
     "Strategy",
     "StrategyEntry",

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from nasfleet.plugins import Registry
+from nasfleet.plugins import PluginTable
 from nasfleet.spaces.base import Cost, Genome, SearchSpace
 from nasfleet.strategies.options import StrategyError as StrategyError
 from nasfleet.strategies.options import options_dict, parse_options
@@ -41,8 +41,12 @@ class InfeasibleSearchError(StrategyError):
 
 
 @dataclass(frozen=True)
-class Constraints:
-    """A device's resource limits; None means unconstrained."""
+class SearchLimits:
+    """The limits a search must respect: exact params and FLOPs, predicted latency; None means no limit.
+
+    A device sends its `ResourceConstraints` (`nasfleet.protocol.messages`); `search.limits` turns them into
+    these (weight memory folds into params; latency needs the device's profile).
+    """
 
     max_params: int | None = None
     max_flops: int | None = None
@@ -65,7 +69,7 @@ class Feasibility:
     def __init__(
         self,
         space: SearchSpace,
-        constraints: Constraints,
+        constraints: SearchLimits,
         num_classes: int = 10,
         input_shape: tuple[int, int, int] = (3, 32, 32),
         latency_model: LatencyModel | None = None,
@@ -99,7 +103,7 @@ class Feasibility:
 
 def unconstrained(space: SearchSpace) -> Feasibility:
     """A feasibility check that accepts every architecture of ``space``."""
-    return Feasibility(space, Constraints())
+    return Feasibility(space, SearchLimits())
 
 
 class Strategy(ABC):
@@ -203,5 +207,5 @@ class Strategy(ABC):
         self.rng.bit_generator.state = dict(state)
 
 
-STRATEGIES: Registry[Strategy] = Registry("strategy", StrategyError)
+STRATEGIES: PluginTable[Strategy] = PluginTable("strategy", StrategyError)
 register_strategy = STRATEGIES.register

@@ -38,31 +38,33 @@ Interpretations:
   generation not yet told to cma. What cma has already been told stays as it was: the refresh only
   affects future tells.
 
-Randomness and state: each run draws its normal samples from its own numpy Generator (pycma's ``randn``
-option, `GaussianSource`), seeded from the strategy's Generator. pycma's global ``np.random`` seeding is
-never used. A run's state is stored as its start (mean, seed) and a log of its ``ask``/``tell`` calls (the
-values told). `load_state_dict` replays the log on a fresh ``CMAEvolutionStrategy``. pycma is
-deterministic given its samples, so the replay rebuilds the run bit for bit, and the open generations'
-vectors are checked against it. This keeps the state plain JSON with no pickles, at the cost of a replay
-that takes a few milliseconds per generation.
+Randomness and state: each run draws its samples from its own Generator, seeded from the strategy's,
+and is stored as its start and a log that `nasfleet.strategies.cmaes_runs.replay` rebuilds it from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import cma
 import numpy as np
 
 from nasfleet.spaces.base import Genome
 from nasfleet.strategies.base import Strategy, StrategyError, register_strategy
+from nasfleet.strategies.cmaes_runs import (
+    STATUSES,
+    GaussianSource,
+    Generation,
+    LogEvent,
+    Run,
+    new_cma,
+    replay,
+)
 from nasfleet.strategies.common import (
-    checked_fitness,
-    checked_tell,
     count_field,
-    genomes_from_state,
+    record_told,
+    refresh_archive,
     restore_header,
     scored_from_state,
     scored_to_state,
@@ -71,10 +73,22 @@ from nasfleet.strategies.common import (
 )
 from nasfleet.strategies.options import option
 
+__all__ = [
+    "FORCE_AFTER",
+    "RESTART_AFTER",
+    "STATUSES",
+    "CMAESOptions",
+    "CMAESStrategy",
+    "GaussianSource",
+    "Generation",
+    "LogEvent",
+    "Run",
+    "compound_fitness",
+    "direction_similarity",
+]
+
 RESTART_AFTER = 10
 FORCE_AFTER = 30
-STATUSES = ("pending", "asked", "told", "known")
-LogEvent = int | list[float]  # an ask (0: a whole generation, k > 0: k extra samples) or the values told
 
 
 @dataclass(frozen=True)
@@ -130,41 +144,6 @@ def compound_fitness(
     return zeta * score - eta * similarity if score >= incumbent_score else zeta * score + eta * similarity
 
 
-class GaussianSource:
-    """pycma's ``randn`` option: standard normal samples of shape ``(number, dimension)`` from a seeded
-    numpy Generator."""
-
-    def __init__(self, seed: int) -> None:
-        self.generator = np.random.default_rng(seed)
-
-    def __call__(self, *shape: int) -> np.ndarray:
-        return self.generator.standard_normal(shape)
-
-
-@dataclass
-class Run:
-    """One CMA-ES run: its start, the log that replays it, and the live pycma object."""
-
-    mean0: list[float]
-    seed: int
-    epoch: int  # restarts of this run so far: generations of an older epoch are never told to cma
-    log: list[LogEvent] = field(default_factory=list)
-    es: Any = None
-
-
-@dataclass
-class Generation:
-    """The samples of one run's open generation, their architectures and their ask/tell status."""
-
-    run: int
-    epoch: int
-    incumbent: Genome | None
-    vectors: list[np.ndarray] = field(default_factory=list)
-    archs: list[Genome] = field(default_factory=list)
-    status: list[str] = field(default_factory=list)  # pending -> asked -> told; known: no evaluation
-    restart: bool = False  # restart the run once this generation is told
-
-
 @register_strategy
 class CMAESStrategy(Strategy):
     """CMA-ES on the one-hot relaxation with EG-NAS's compound fitness and several sampled starts."""
@@ -199,28 +178,22 @@ class CMAESStrategy(Strategy):
 
     def tell(self, archs: Sequence[Genome], fitness: Sequence[float]) -> None:
         """Record fitness; an architecture that is not an asked sample only enters the archive."""
-        for genome, value in checked_tell(self, archs, fitness):
+        for genome in record_told(self, self.archive, archs, fitness):
             slot = self._slot("asked", genome)
             if slot is not None:
                 slot[0].status[slot[1]] = "told"
-            self.archive[genome] = value
-            self.told += 1
         self._flush()
 
     def refresh(self, fitness: Mapping[Genome, float]) -> None:
         """Replace the archive's values; only generations not yet told to cma see them."""
-        for genome, value in checked_fitness(self, fitness).items():
-            if genome in self.archive:
-                self.archive[genome] = value
+        refresh_archive(self, self.archive, fitness)
 
     def _slot(self, status: str, arch: Genome | None = None) -> tuple[Generation, int] | None:
         """The first sample with ``status`` (and architecture ``arch``, if given) of the open generations."""
         for generation in self.generations:
-            for index, (candidate, current) in enumerate(
-                zip(generation.archs, generation.status, strict=True)
-            ):
-                if current == status and arch in (None, candidate):
-                    return generation, index
+            index = generation.slot(status, arch)
+            if index is not None:
+                return generation, index
         return None
 
     # -- sampling ----------------------------------------------------------------------------------------
@@ -230,11 +203,7 @@ class CMAESStrategy(Strategy):
         return Run(mean0, seed, epoch, [], self._cma(mean0, seed))
 
     def _cma(self, mean0: Sequence[float], seed: int) -> Any:
-        options: dict[str, Any] = {"randn": GaussianSource(seed), "seed": np.nan, "verbose": -9}
-        options |= {"verb_disp": 0, "verb_log": 0}
-        if self.options.popsize:
-            options["popsize"] = self.options.popsize
-        return cma.CMAEvolutionStrategy(np.asarray(mean0, dtype=float), self.options.sigma0, options)
+        return new_cma(mean0, seed, self.options.sigma0, self.options.popsize)
 
     def _supply(self) -> None:
         """Open a generation for the next idle run, or add a sample to the oldest open generation."""
@@ -257,12 +226,7 @@ class CMAESStrategy(Strategy):
         """Ask ``run`` for a whole generation (``number`` 0) or ``number`` more samples, and decode them."""
         vectors = run.es.ask() if number == 0 else run.es.ask(number=number)
         run.log.append(number)
-        waiting = {
-            a
-            for g in self.generations
-            for a, s in zip(g.archs, g.status, strict=True)
-            if s in ("pending", "asked")
-        }
+        waiting = set[Genome]().union(*(g.waiting() for g in self.generations))
         first = len(generation.archs)
         for vector in vectors:
             arch = self._decode(vector)
@@ -286,7 +250,7 @@ class CMAESStrategy(Strategy):
 
     def _flush(self) -> None:
         """Tell cma every open generation whose samples all have fitness, then restart runs that stopped."""
-        for generation in [g for g in self.generations if self._complete(g)]:
+        for generation in [g for g in self.generations if g.complete(self.archive)]:
             run = self.runs[generation.run]
             if generation.epoch == run.epoch:
                 values = [-self._compound(generation, i) for i in range(len(generation.archs))]
@@ -295,12 +259,6 @@ class CMAESStrategy(Strategy):
                 if generation.restart or run.es.stop():
                     self.runs[generation.run] = self._new_run(run.epoch + 1)
             self.generations.remove(generation)
-
-    def _complete(self, generation: Generation) -> bool:
-        return all(
-            status == "told" or (status == "known" and arch in self.archive)
-            for arch, status in zip(generation.archs, generation.status, strict=True)
-        )
 
     def _compound(self, generation: Generation, index: int) -> float:
         score, incumbent = self.archive[generation.archs[index]], generation.incumbent
@@ -320,30 +278,18 @@ class CMAESStrategy(Strategy):
             "archive": scored_to_state(self.archive.items()),
             "turn": self.turn,
             "stale": self.stale,
-            "runs": [{"mean0": r.mean0, "seed": r.seed, "epoch": r.epoch, "log": r.log} for r in self.runs],
-            "generations": [
-                {
-                    "run": g.run,
-                    "epoch": g.epoch,
-                    "incumbent": None if g.incumbent is None else list(g.incumbent),
-                    "vectors": [vector.tolist() for vector in g.vectors],
-                    "archs": [list(arch) for arch in g.archs],
-                    "status": list(g.status),
-                    "restart": g.restart,
-                }
-                for g in self.generations
-            ],
+            "runs": [run.to_state() for run in self.runs],
+            "generations": [generation.to_state() for generation in self.generations],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         archive = dict(scored_from_state(self, state_field(self, state, "archive"), "archive"))
         turn, stale = count_field(self, state, "turn"), count_field(self, state, "stale")
         try:
-            runs = [
-                Run([float(x) for x in r["mean0"]], int(r["seed"]), int(r["epoch"]), list(r["log"]))
-                for r in state_field(self, state, "runs")
+            runs = [Run.from_state(entry) for entry in state_field(self, state, "runs")]
+            generations = [
+                Generation.from_state(self, entry) for entry in state_field(self, state, "generations")
             ]
-            generations = [self._generation_from_state(g) for g in state_field(self, state, "generations")]
         except (KeyError, TypeError, ValueError) as error:
             raise StrategyError(
                 f"{self.name}: state field 'runs' or 'generations' is malformed: {error}"
@@ -354,7 +300,8 @@ class CMAESStrategy(Strategy):
         restore_header(self, state)
         try:
             for index, run in enumerate(runs):
-                self._replay(run, [g for g in generations if g.run == index and g.epoch == run.epoch])
+                opened = [g for g in generations if g.run == index and g.epoch == run.epoch]
+                replay(self.name, run, self._cma(run.mean0, run.seed), opened)
         except StrategyError:
             self.told = told
             self.set_rng_state(rng)
@@ -366,41 +313,3 @@ class CMAESStrategy(Strategy):
             turn,
             stale,
         )
-
-    def _generation_from_state(self, entry: Mapping[str, Any]) -> Generation:
-        status = [str(s) for s in entry["status"]]
-        if any(s not in STATUSES for s in status):
-            raise ValueError(f"a status must be one of {STATUSES}, but got {status}")
-        incumbent = entry["incumbent"]
-        return Generation(
-            int(entry["run"]),
-            int(entry["epoch"]),
-            None if incumbent is None else genomes_from_state(self, [incumbent], "incumbent")[0],
-            [np.asarray(vector, dtype=float) for vector in entry["vectors"]],
-            genomes_from_state(self, entry["archs"], "archs"),
-            status,
-            bool(entry["restart"]),
-        )
-
-    def _replay(self, run: Run, open_generations: list[Generation]) -> None:
-        """Rebuild ``run.es`` from its log; the samples still open must come out exactly as saved."""
-        run.es = self._cma(run.mean0, run.seed)
-        pending: list[np.ndarray] = []
-        for event in run.log:
-            if isinstance(event, list):
-                run.es.tell(pending, event)
-                run.es.stop()
-                pending = []
-            else:
-                pending += list(run.es.ask() if event == 0 else run.es.ask(number=event))
-        saved = [vector for generation in open_generations for vector in generation.vectors]
-        if len(saved) != len(pending) or not all(map(np.array_equal, saved, pending)):
-            raise StrategyError(
-                f"{self.name}: the saved CMA-ES log does not replay to the saved samples "
-                "(a different pycma or numpy version?)"
-            )
-        for generation in open_generations:  # hand pycma back its own sample objects
-            generation.vectors, pending = (
-                pending[: len(generation.vectors)],
-                pending[len(generation.vectors) :],
-            )

@@ -2,6 +2,7 @@
 
 - `checked_tell` / `checked_fitness`: what ``tell`` and ``refresh`` receive, validated once: one finite
   fitness per architecture, every architecture valid for the space and in canonical form.
+- `record_told` / `refresh_archive`: told and refreshed values entered into a strategy's archive.
 - `state_header` / `check_header` / `restore_header`: the part of every state that identifies the
   search (strategy, format version, space, config) and resumes it (evaluations told, generator state).
 - `genomes_to_state` / `genomes_from_state` and `state_field`: JSON-friendly genomes and named, checked
@@ -58,6 +59,27 @@ def checked_fitness(strategy: Strategy, fitness: Mapping[Genome, float]) -> dict
         genome = checked_genome(strategy, arch)
         checked[genome] = checked_value(strategy, genome, value)
     return checked
+
+
+def record_told(
+    strategy: Strategy, archive: dict[Genome, float], archs: Sequence[Sequence[int]], fitness: Sequence[float]
+) -> list[Genome]:
+    """`checked_tell`, each value entered into ``archive`` and counted in ``told``; the genomes, in order."""
+    genomes = []
+    for genome, value in checked_tell(strategy, archs, fitness):
+        archive[genome] = value
+        strategy.told += 1
+        genomes.append(genome)
+    return genomes
+
+
+def refresh_archive(
+    strategy: Strategy, archive: dict[Genome, float], fitness: Mapping[Genome, float]
+) -> None:
+    """Replace the values of ``archive``'s architectures by their refreshed ones (`checked_fitness`)."""
+    for genome, value in checked_fitness(strategy, fitness).items():
+        if genome in archive:
+            archive[genome] = value
 
 
 def state_header(strategy: Strategy) -> dict[str, Any]:

@@ -30,6 +30,8 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from nasfleet import checks
+
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -59,30 +61,28 @@ def option(default: Scalar, rule: str = "", check: Callable[[Any], bool] | None 
 
 
 def require(key: str, value: object, ok: bool, rule: str) -> None:
-    """Raise a `StrategyError` naming ``key``, ``rule`` and ``value`` unless ``ok``."""
-    if not ok:
-        raise StrategyError(f"config option {key!r} must be {rule}, but got {value!r}")
+    """Raise a `StrategyError` naming ``key``, ``rule`` and ``value`` unless ``ok`` (via `checks.require`)."""
+    checks.require(ok, f"config option {key!r}", rule, value, StrategyError)
 
 
 def _check_type(key: str, expected: object, value: object) -> Scalar:
     """``value`` as the field's scalar type; a ``bool`` is no number, an ``int`` is a valid ``float``."""
     if expected not in _TYPE_RULES:
         raise TypeError(f"option {key!r} has unsupported type {expected!r}; use int, float or bool")
-    if isinstance(value, bool):
-        if expected is bool:
-            return value
-    elif expected is int and isinstance(value, int):
-        if -MAX_INT_OPTION <= value <= MAX_INT_OPTION:
-            return value
-        raise StrategyError(f"config option {key!r} must be {_RANGE_RULES[int]}, but got {value!r}")
-    elif expected is float and (
-        isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
-    ):
-        low, high = FLOAT_OPTION_MAGNITUDE
-        if value == 0 or low <= abs(value) <= high:
-            return float(value)
-        raise StrategyError(f"config option {key!r} must be {_RANGE_RULES[float]}, but got {value!r}")
-    raise StrategyError(f"config option {key!r} must be {_TYPE_RULES[expected]}, but got {value!r}")
+    if expected is bool or isinstance(value, bool):
+        require(key, value, expected is bool and isinstance(value, bool), _TYPE_RULES[expected])
+        return typing.cast(bool, value)
+    if expected is int:
+        require(key, value, isinstance(value, int), _TYPE_RULES[int])
+        number = typing.cast(int, value)
+        require(key, value, -MAX_INT_OPTION <= number <= MAX_INT_OPTION, _RANGE_RULES[int])
+        return number
+    finite = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+    require(key, value, finite, _TYPE_RULES[float])
+    low, high = FLOAT_OPTION_MAGNITUDE
+    real = typing.cast(float, value)  # an int beyond float's range must fail the rule, not overflow
+    require(key, value, real == 0 or low <= abs(real) <= high, _RANGE_RULES[float])
+    return float(real)
 
 
 def parse_options(strategy: str, options_type: type[OptionsT], config: Mapping[str, Any]) -> OptionsT:
@@ -111,11 +111,3 @@ def parse_options(strategy: str, options_type: type[OptionsT], config: Mapping[s
 def options_dict(options: DataclassInstance) -> dict[str, Any]:
     """The plain, JSON-serialisable form of a parsed options dataclass (what ``Strategy.config`` holds)."""
     return dataclasses.asdict(options)
-
-
-def describe_options(options_type: type[DataclassInstance]) -> list[tuple[str, object, str]]:
-    """``(name, default, rule)`` of every option, for documentation."""
-    return [
-        (field.name, field.default, str(field.metadata.get(_RULE, "")))
-        for field in dataclasses.fields(options_type)
-    ]

@@ -37,9 +37,9 @@ import numpy as np
 
 from nasfleet.spaces.base import Genome, SearchSpace
 from nasfleet.strategies.base import (
-    Constraints,
     Feasibility,
     InfeasibleSearchError,
+    SearchLimits,
     Strategy,
     StrategyError,
 )
@@ -70,7 +70,7 @@ def tight_feasibility(space: SearchSpace, quantile: float = 0.1, samples: int = 
     """A parameter limit that about ``quantile`` of random architectures of ``space`` meet."""
     rng = np.random.default_rng(0)
     params = [space.cost(space.sample(rng)).params for _ in range(samples)]
-    return Feasibility(space, Constraints(max_params=int(np.quantile(params, quantile))))
+    return Feasibility(space, SearchLimits(max_params=int(np.quantile(params, quantile))))
 
 
 class ContractError(AssertionError):
@@ -315,7 +315,7 @@ def check_constraints(case: StrategyCase) -> None:
         _expect(
             all(map(feasible, batch)), f"{case.label}: asked {batch}, not all within {feasible.constraints}"
         )
-    nothing = Feasibility(case.space, Constraints(max_params=1))
+    nothing = Feasibility(case.space, SearchLimits(max_params=1))
 
     def ask_with_nothing_feasible() -> None:
         case.make(feasible=nothing).ask(1)

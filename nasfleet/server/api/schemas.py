@@ -81,7 +81,7 @@ Bases = Annotated[
 
 
 class CharacteristicsIn(StrictModel):
-    """A device's data characteristics (DESIGN step 1) in wire form; never a raw sample."""
+    """A device's data characteristics in wire form; never a raw sample."""
 
     kind: Literal["characteristics"] = "characteristics"
     version: Literal[1] = 1
@@ -172,7 +172,7 @@ class SubmitRequest(StrictModel):
 
 
 class ReportIn(StrictModel):
-    """A device's training report on the SubNet it was delivered (DESIGN step 7)."""
+    """A device's training report on the SubNet it was delivered."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [REPORT_EXAMPLE]})
 

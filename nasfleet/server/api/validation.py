@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from nasfleet.clients.device import latency_model
 from nasfleet.protocol.messages import (
     SCHEMA_VERSION,
     DataCharacteristics,
@@ -28,7 +27,7 @@ from nasfleet.protocol.messages import (
     MessageError,
     ResourceConstraints,
 )
-from nasfleet.search.limits import search_constraints
+from nasfleet.search.limits import device_feasibility, search_limits
 from nasfleet.server.api.errors import ApiError, invalid
 from nasfleet.server.api.schemas import Base64Array, CharacteristicsIn, SubmitRequest
 from nasfleet.server.service.jobs import JobOptions
@@ -168,7 +167,7 @@ def _feasibility(space: SearchSpace, spec: JobSpec, device_profile: DeviceProfil
         raise invalid("constraints.max_memory_mb", f"must hold one float32 parameter (4 bytes), but got "
                       f"{limits.max_memory_mb!r} MB")  # fmt: skip
     try:
-        bounds = search_constraints(limits, profile)
+        bounds = search_limits(limits, profile)
     except StrategyError as error:
         raise invalid("constraints", str(error)) from None
     checks: list[tuple[str, float | None, float, str]] = [
@@ -182,8 +181,7 @@ def _feasibility(space: SearchSpace, spec: JobSpec, device_profile: DeviceProfil
             field = "max_memory_mb" if name == "max_params" and bound != limits.max_params else name
             raise invalid(f"constraints.{field}", f"must admit the smallest architecture of {space.name} "
                           f"({smallest_cost:g} {unit}), but allows {bound:g}")  # fmt: skip
-    model = latency_model(profile, space, classes, shape) if profile is not None else None
-    return Feasibility(space, bounds, classes, shape, model)
+    return device_feasibility(space, limits, profile, classes, shape)
 
 
 def _strategy(spec: JobSpec, space: SearchSpace, feasible: Feasibility) -> None:

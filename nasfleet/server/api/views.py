@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nasfleet.protocol.codecs import decode_characteristics
 from nasfleet.protocol.messages import DeviceProfile, MessageError
 from nasfleet.server.api.schemas import (
     CellEdge,
@@ -16,7 +17,6 @@ from nasfleet.server.api.schemas import (
 )
 from nasfleet.server.registry import DeviceRecord, JobRecord, ReportRecord, ResultRecord
 from nasfleet.server.service.jobs import JobOptions
-from nasfleet.server.service.tasks import decode_characteristics
 from nasfleet.spaces import MBV2Space, NB201Space, get_space
 from nasfleet.spaces.nb201 import EDGES, OPS
 

@@ -1,4 +1,4 @@
-"""The Flower ``ServerApp``: one nasfleet round over every connected device (DESIGN steps 2-7).
+"""The Flower ``ServerApp``: one nasfleet round over every connected device (`docs/architecture.md`).
 
 Query every node for its characteristics, constraints and profile; register each device under its
 tenant and submit its personalized search job; run all the round's jobs at once through the orchestrator
@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from nasfleet.clients.app import QUERY, TRAIN
 from nasfleet.protocol.messages import (
     DataCharacteristics,
     DeviceIdentity,
@@ -30,62 +28,12 @@ from nasfleet.protocol.messages import (
     MessageError,
     ResourceConstraints,
     SubNetAssignment,
-    TrainConfig,
     TrainingReport,
 )
-from nasfleet.protocol.wire import pack, unpack
+from nasfleet.protocol.wire import QUERY, TRAIN, pack, unpack
+from nasfleet.server.federation.config import RoundConfig
 from nasfleet.server.federation.round import DeviceOutcome, RoundRecorder
 from nasfleet.server.registry import ResultRecord
-from nasfleet.server.service.jobs import JobOptions
-
-ConfigValue = bool | float | int | str
-
-
-@dataclass(frozen=True)
-class RoundConfig:
-    """The server's settings for one round; read from the run config (kebab-case keys) or given.
-
-    ``broker`` "" runs the searches embedded (an SQLite broker, no server); a ``redis://`` or ``amqp://``
-    URL runs them distributed, on ``nasfleet worker`` processes started elsewhere for that broker and
-    ``registry`` (then a ``postgresql+psycopg://`` URL). ``workers`` is how many worker processes the round
-    starts on the server itself: at least 1 embedded, 0 or more distributed.
-    """
-
-    num_clients: int = 4
-    space: str = "nb201"
-    strategy: str = "evolution"
-    budget: int = 24
-    ask_size: int = 8
-    probe_batch: int = 32
-    seed: int = 0
-    registry: str = "sqlite:///nasfleet-registry.db"
-    train_epochs: int = 2
-    train_batch_size: int = 32
-    train_lr: float = 0.05
-    train_max_seconds: float = 60.0
-    node_wait: float = 60.0
-    query_timeout: float = 120.0
-    train_timeout: float = 600.0
-    shared_baseline: bool = False
-    broker: str = ""
-    workers: int = 2
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping[str, ConfigValue]) -> RoundConfig:
-        known = {f.name for f in fields(cls)}
-        values = {k.replace("-", "_"): v for k, v in run_config.items()}
-        return cls(**{k: v for k, v in values.items() if k in known})  # type: ignore[arg-type]
-
-    @property
-    def job_options(self) -> JobOptions:
-        """Every device's search: ``probe_batch`` synthetic samples, scored with ``seed``."""
-        return JobOptions(ask_size=self.ask_size, batch_size=self.probe_batch, scoring_seed=self.seed)
-
-    @property
-    def train(self) -> TrainConfig:
-        return TrainConfig(
-            self.train_epochs, self.train_batch_size, self.train_lr, self.train_max_seconds, seed=self.seed
-        )
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:

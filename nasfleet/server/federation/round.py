@@ -4,13 +4,10 @@
 registry writes (tenant, device, training reports), the search jobs, the progress display and the
 per-device summary table.
 
-The searches go through the service (`nasfleet.server.service.runtime`), as every search job does: each ok
-device's job is submitted to the registry with its characteristics, constraints and calibrated profile
-(whose latency model the job applies to its latency limit), then all the round's jobs run at once
-through the orchestrator and Celery workers, embedded (an SQLite broker in a temporary directory and
-``RoundConfig.workers`` local worker processes) or distributed (``RoundConfig.broker``, served by
-``nasfleet worker`` processes elsewhere and by ``workers`` local ones). Each job's result is then read
-from the registry; a job that failed (e.g. constraints no architecture meets) fails only its device.
+Each ok device's search job is submitted with its characteristics, constraints and calibrated profile,
+then all the round's jobs run at once through the service (`Service.run_together`; the embedded broker
+lives in a temporary directory). A job that failed (e.g. constraints no architecture meets) fails only
+its device.
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -34,13 +31,11 @@ from nasfleet.protocol.messages import (
     TrainingReport,
 )
 from nasfleet.proxies.engine import progress_bar
+from nasfleet.server.federation.config import RoundConfig
 from nasfleet.server.registry import Registry, RegistryError, ReportRecord, ResultRecord
 from nasfleet.server.service.celery_app import SettingsError
 from nasfleet.server.service.jobs import JobRun, submit_job
-from nasfleet.server.service.runtime import make_service, run_jobs_at_once
-
-if TYPE_CHECKING:
-    from nasfleet.server.federation.app import RoundConfig
+from nasfleet.server.service.runtime import make_service
 
 
 @dataclass
@@ -195,7 +190,7 @@ class RoundRecorder:
                     advance()
                 told[job.id] = job.told
 
-            yield lambda job_ids: run_jobs_at_once(service, job_ids, on_step)
+            yield lambda job_ids: service.run_together(job_ids, on_step)
 
     def _settle(self, outcomes: Sequence[DeviceOutcome]) -> None:
         """Fail every ok device whose job did not finish with a result; predict the others' latency."""

@@ -14,8 +14,10 @@ from contextlib import contextmanager
 
 from flwr.simulation import run_simulation
 
-from nasfleet.clients.app import ConfigValue, make_client_app
-from nasfleet.server.federation.app import RoundConfig, make_server_app
+from nasfleet.clients.app import make_client_app
+from nasfleet.protocol.wire import ConfigValue
+from nasfleet.server.federation.app import make_server_app
+from nasfleet.server.federation.config import RoundConfig
 from nasfleet.server.federation.round import DeviceOutcome, RoundRecorder
 
 QUIET_FLOWER = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}

@@ -10,24 +10,15 @@ travels in every task, so a worker never scores for a registry other than its ow
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
 
 from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
-from nasfleet.server.registry.models import (
-    NAME_LENGTH,
-    WORKER_LENGTH,
-    RegistryInfoRow,
-    WorkerRow,
-    as_utc,
-    check_int,
-    check_text,
-    utcnow,
-)
+from nasfleet.server.registry.checks import NAME_LENGTH, WORKER_LENGTH, check_int, check_text
+from nasfleet.server.registry.sessions import Sessions
+from nasfleet.server.registry.tables import RegistryInfoRow, WorkerRow, as_utc, utcnow
 
 
 @dataclass(frozen=True)
@@ -45,17 +36,13 @@ class WorkerRecord:
         return ((now or utcnow()) - self.beat_at).total_seconds()
 
 
-class _Sessions(Protocol):
-    def _session(self, write: bool = False) -> AbstractContextManager[Session]: ...
-
-
-class WorkerBoard:
+class WorkerBoard(Sessions):
     """The `Registry` methods about workers and the deployment id (a mixin of `Registry`)."""
 
     _deployment: str | None = None
 
     @property
-    def deployment_id(self: Any) -> str:
+    def deployment_id(self) -> str:
         """This registry's random deployment id (32 hex digits), read once."""
         if self._deployment is None:
             with self._session() as session:
@@ -64,7 +51,7 @@ class WorkerBoard:
                 self._deployment = row.deployment_id
         return str(self._deployment)
 
-    def beat(self: _Sessions, name: str, queue: str, pid: int) -> None:
+    def beat(self, name: str, queue: str, pid: int) -> None:
         """Record that worker *name* (consuming *queue*, main process *pid*) is alive now."""
         name = check_text("worker name", name, WORKER_LENGTH)
         queue = check_text("queue", queue, NAME_LENGTH + 40)
@@ -80,12 +67,12 @@ class WorkerBoard:
                 row.queue, row.pid, row.beat_at = queue, pid, now
             session.add(row)
 
-    def worker_stopped(self: _Sessions, name: str) -> None:
+    def worker_stopped(self, name: str) -> None:
         """Forget worker *name*: it stopped cleanly (its unfinished tasks went back to the broker)."""
         with self._session(write=True) as session:
             session.exec(delete(WorkerRow).where(col(WorkerRow.name) == name))
 
-    def workers(self: _Sessions, queue: str | None = None) -> list[WorkerRecord]:
+    def workers(self, queue: str | None = None) -> list[WorkerRecord]:
         """The workers that beat (of *queue*), by name; dead ones too until `worker_stopped`."""
         with self._session() as session:
             return list(_workers(session, queue))

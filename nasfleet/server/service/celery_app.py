@@ -1,4 +1,4 @@
-"""The Celery app that scores candidates: embedded (SQLite broker, no server) by default, distributed by URL.
+"""The Celery app that scores candidates, and its settings (`CelerySettings`) for a broker URL.
 
 Configuration comes from `CelerySettings`, which a worker started by ``celery -A
 nasfleet.server.service.celery_app worker`` reads from the environment (``NASFLEET_BROKER``,
@@ -46,6 +46,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
+from nasfleet import checks
 from nasfleet.server.registry import DEFAULT_URL as DEFAULT_REGISTRY_URL
 from nasfleet.server.registry import Registry
 from nasfleet.server.service.liveness import Heartbeat
@@ -195,8 +196,7 @@ class CelerySettings:
 
 
 def _require(ok: bool, field: str, rule: str, value: object) -> None:
-    if not ok:
-        raise SettingsError(f"{field} must be {rule}, but got {value!r}")
+    checks.require(ok, field, rule, value, SettingsError)
 
 
 def deployment_queue(deployment_id: str) -> str:

@@ -1,67 +1,39 @@
-"""One search job as the orchestrator runs it: options, strategy, archive, one step at a time, resumable.
+"""One search job of the service: its stored options, and the search loop driven through the registry.
 
-A step keeps `nasfleet.search`'s order of operations, the contract a strategy relies on: ask; check
-every asked arch is valid and feasible (a breach is the strategy's error and fails the job, never a
-silent skip); find raw values for the archs new to the job's archive (the orchestrator answers them from
-the evaluation cache or the workers); recompute the aggregate over the whole archive (FG-NAS ranks are
-relative to the population); tell the asked archs' current fitness; refresh every archive member's.
-
-After every step, `JobRun.finish_step` stores, in one registry transaction (`Registry.checkpoint`), the
-step's evaluations, the job state (the strategy's `state_dict`, the archive's arch order and the history)
-and the count told, so the stored state never runs ahead of its evaluations. `JobRun` built from a record
-with a stored state resumes there: the strategy from its state, the archive from the job's evaluations in
-the stored order. The next ask is then the one an uninterrupted run would have made, so the search ends
-the same (raw values are bit-identical wherever they are computed: one torch thread, fixed seeds).
+`JobRun` drives `nasfleet.search.loop.SearchLoop` (the loop `run_search` drives in-process) for the
+orchestrator: `begin_step` asks; the orchestrator answers the step's new archs from the evaluation cache
+or the workers (`PendingStep`); `finish_step` aggregates, tells, refreshes and stores, in one registry
+transaction (`Registry.checkpoint`), the step's evaluations, the loop's state and the count told, so the
+stored state never runs ahead of its evaluations. A `JobRun` built from a record with a stored state
+resumes there; the next ask is the one an uninterrupted run would have made, so the search ends the same
+(raw values are bit-identical wherever they are computed: one torch thread, fixed seeds).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
-from nasfleet.clients.device import latency_model
 from nasfleet.protocol.checks import check_integer, known_keys, safe_name, text
+from nasfleet.protocol.codecs import decode_characteristics, encode_characteristics
 from nasfleet.protocol.messages import DataCharacteristics, DeviceProfile, ResourceConstraints
-from nasfleet.search import (
-    ArchiveEntry,
-    HistoryEntry,
-    SearchConfig,
-    SearchError,
-    SearchResult,
-    archive_fitness,
-    check_asked,
-    timed,
-)
-from nasfleet.search.limits import search_constraints
-from nasfleet.server.registry import (
-    CacheEntry,
-    CacheKey,
-    EvaluationRecord,
-    JobRecord,
-    Registry,
-    ResultRecord,
-)
-from nasfleet.server.service.tasks import (
-    ScoringSpec,
-    decode_characteristics,
-    encode_characteristics,
-)
-from nasfleet.spaces import Genome, get_space
-from nasfleet.strategies.base import Feasibility
+from nasfleet.search.config import SearchConfig, SearchError
+from nasfleet.search.limits import device_feasibility
+from nasfleet.search.loop import Evaluation, SearchLoop, Step
+from nasfleet.search.result import HistoryEntry, SearchResult
+from nasfleet.server.registry import CacheEntry, CacheKey, EvaluationRecord, JobRecord, Registry, ResultRecord
+from nasfleet.server.service.tasks import ScoringSpec
+from nasfleet.spaces import get_space
 from nasfleet.strategies.discovery import get_strategy
 
-STATE_VERSION = 1
-CACHE_WORKER = "cache"
 MAX_ASK_SIZE = 1024
 MAX_PROBE_BATCH = 4096
 MAX_SEED = 2**32 - 1
 SPACE_OPTIONS = {"channels": (1, 1024), "cells_per_stage": (1, 16)}
 #: The keys `submit_job` stores in a job's options: `JobOptions`' fields and what travels beside them.
-STORED_OPTIONS = ("ask_size", "aggregate", "batch_size", "probe_batch", "scoring_seed", "space_options",
-                  "probe_data", "labeled", "characteristics", "profile")  # fmt: skip
+STORED_OPTIONS = ("ask_size", "aggregate", "batch_size", "scoring_seed", "space_options", "probe_data",
+                  "labeled", "characteristics", "profile")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -107,7 +79,7 @@ class JobOptions:
         return cls(
             options.get("ask_size", defaults.ask_size),
             options.get("aggregate", defaults.aggregate),
-            options.get("batch_size", options.get("probe_batch", defaults.batch_size)),
+            options.get("batch_size", defaults.batch_size),
             options.get("scoring_seed", defaults.scoring_seed),
             dict(options.get("space_options") or {}),
             options.get("probe_data") or "",
@@ -137,11 +109,10 @@ def submit_job(
 
 
 @dataclass
-class Step:
-    """One step in flight: the asked archs and the raw values found so far for the new ones."""
+class PendingStep:
+    """A step of the loop in flight: its new archs' cache keys and the raw values found so far."""
 
-    genomes: list[Genome]
-    archs: list[str]
+    step: Step
     keys: dict[str, CacheKey]
     entries: dict[str, CacheEntry] = field(default_factory=dict)
 
@@ -150,31 +121,8 @@ class Step:
         return [arch for arch in self.keys if arch not in self.entries]
 
 
-class Archive:
-    """The job's scored archs in the order first evaluated, with raw values: what the aggregate ranks."""
-
-    def __init__(self, proxy_names: Sequence[str]) -> None:
-        self.proxy_names = tuple(proxy_names)
-        self.archs: list[str] = []
-        self.genomes: list[Genome] = []
-        self.entries: list[CacheEntry] = []
-        self.steps: list[int] = []
-        self.index: dict[str, int] = {}
-
-    def __contains__(self, arch: str) -> bool:
-        return arch in self.index
-
-    def add(self, arch: str, genome: Genome, entry: CacheEntry, step: int) -> None:
-        self.index[arch] = len(self.archs)
-        self.archs.append(arch)
-        self.genomes.append(genome)
-        self.entries.append(entry)
-        self.steps.append(step)
-
-    def fitness(self, aggregate: str, labeled: bool) -> np.ndarray:
-        """The aggregate over the whole archive, one value per member in archive order."""
-        values = {name: [e.values[name] for e in self.entries] for name in self.proxy_names}
-        return archive_fitness(self.archs, values, aggregate, labeled)
+def _evaluation(record: EvaluationRecord) -> Evaluation:
+    return Evaluation(record.arch, record.values, record.params, record.flops, record.seconds, record.cached)
 
 
 class JobRun:
@@ -182,149 +130,83 @@ class JobRun:
 
     def __init__(self, record: JobRecord, registry: Registry) -> None:
         self.record, self.registry = record, registry
+        self.id, self.tenant = record.id, record.tenant
         self.options = JobOptions.from_options(record.options)
-        self.characteristics = decode_characteristics(record.options.get("characteristics"))
-        digest = self.characteristics.digest()
-        if digest != record.characteristics_hash:
-            raise SearchError(f"job {record.id}: stored characteristics hash to {digest}, "
+        self.characteristics = chars = decode_characteristics(record.options.get("characteristics"))
+        if chars.digest() != record.characteristics_hash:
+            raise SearchError(f"job {record.id}: stored characteristics hash to {chars.digest()}, "
                               f"but the job names {record.characteristics_hash}")  # fmt: skip
-        self.space = get_space(record.space, self.options.space_options)
-        self.feasible = self._feasibility()
-        scoring_seed = None if self.options.scoring_seed == record.seed else self.options.scoring_seed
-        self.config = SearchConfig(
-            record.space, record.strategy, record.budget, record.seed, self.options.ask_size,
-            record.strategy_config, self.characteristics.labeled, self.options.aggregate,
-            self.feasible.constraints, scoring_seed,
-        )  # fmt: skip
-        self.strategy = get_strategy(
-            record.strategy,
-            self.space,
-            record.seed,
-            record.budget,
-            self.config.strategy_config,
-            self.feasible,
+        space = get_space(record.space, self.options.space_options)
+        stored = record.constraints
+        constraints = ResourceConstraints.from_wire(stored) if stored else ResourceConstraints()
+        feasible = device_feasibility(
+            space, constraints, self._profile(), chars.num_classes, chars.input_shape
         )
-        self.scoring = ScoringSpec(record.space, self.config.proxy_names, self.options.batch_size,
+        scoring_seed = None if self.options.scoring_seed == record.seed else self.options.scoring_seed
+        config = SearchConfig(
+            record.space, record.strategy, record.budget, record.seed, self.options.ask_size,
+            record.strategy_config, chars.labeled, self.options.aggregate, feasible.constraints, scoring_seed,
+        )  # fmt: skip
+        strategy = get_strategy(
+            record.strategy, space, record.seed, record.budget, config.strategy_config, feasible
+        )
+        self.loop = SearchLoop(space, strategy, feasible, config)
+        self.scoring = ScoringSpec(record.space, config.proxy_names, self.options.batch_size,
                                    self.options.scoring_seed, dict(self.options.space_options),
                                    self.options.probe_data)  # fmt: skip
         self.proxy_config_hash = self.scoring.digest()
-        self.archive = Archive(self.config.proxy_names)
-        self.history: list[HistoryEntry] = []
-        self.told = 0
-        self.step: Step | None = None
-        self.seconds = {"strategy": 0.0, "aggregation": 0.0}  # this process's share, for `search_result`
+        self.step: PendingStep | None = None
         if record.strategy_state is not None:
-            self._resume(record.strategy_state)
-
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-    @property
-    def tenant(self) -> str:
-        return self.record.tenant
+            stored_evaluations = {e.arch: _evaluation(e) for e in registry.evaluations(record.id)}
+            try:
+                self.loop.load_state_dict(record.strategy_state, stored_evaluations, record.evaluations_done)
+            except SearchError as error:
+                raise SearchError(f"job {record.id}: {error}") from None
 
     @property
     def done(self) -> bool:
-        return self.strategy.done
+        return self.loop.done
 
-    def _feasibility(self) -> Feasibility:
-        shape, classes = self.characteristics.input_shape, self.characteristics.num_classes
+    @property
+    def told(self) -> int:
+        return self.loop.told
+
+    def _profile(self) -> DeviceProfile | None:
+        """The job's device profile: stored with the job, else its registered device's, else none."""
         wire = self.record.options.get("profile")
         if wire is None and self.record.device is not None:
             devices = self.registry.list_devices(self.record.tenant)
             wire = next((d.profile for d in devices if d.name == self.record.device and d.profile), None)
-        profile = DeviceProfile.from_wire(wire) if wire else None
-        stored = self.record.constraints
-        limits = search_constraints(
-            ResourceConstraints.from_wire(stored) if stored else ResourceConstraints(), profile
-        )
-        latency = latency_model(profile, self.space, classes, shape) if profile is not None else None
-        return Feasibility(self.space, limits, classes, shape, latency)
-
-    def _resume(self, state: Mapping[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise SearchError(f"job state version must be {STATE_VERSION}, but got {state.get('version')!r}")
-        stored = {e.arch: e for e in self.registry.evaluations(self.id)}
-        for arch, step in zip(state["archive"], state["steps"], strict=True):
-            if arch not in stored:
-                raise SearchError(f"job {self.id}: its state lists {arch}, which has no stored evaluation")
-            evaluation = stored[arch]
-            entry = CacheEntry(self.key(arch), evaluation.values, evaluation.params, evaluation.flops)
-            self.archive.add(arch, self.space.decode(arch), entry, step)
-        self.history = [HistoryEntry(**entry) for entry in state["history"]]
-        self.strategy.load_state_dict(state["strategy"])
-        self.told = self.record.evaluations_done
+        return DeviceProfile.from_wire(wire) if wire else None
 
     def key(self, arch: str) -> CacheKey:
         return CacheKey(arch, self.record.characteristics_hash, self.proxy_config_hash)
 
-    # -- one step --------------------------------------------------------------------------------------------
-    def begin_step(self) -> Step:
+    def begin_step(self) -> PendingStep:
         """Ask the strategy; the step's new archs (in ask order, once each) still need raw values."""
-        with timed(self.seconds, "strategy"):
-            asked = self.strategy.ask(self.config.ask_size)
-            left = self.config.budget - self.told
-            genomes = check_asked(self.strategy, asked, self.feasible, self.config.ask_size, left)
-        archs = [self.space.encode(genome) for genome in genomes]
-        new = dict.fromkeys(arch for arch in archs if arch not in self.archive)
-        self.step = Step(genomes, archs, {arch: self.key(arch) for arch in new})
+        step = self.loop.begin_step()
+        self.step = PendingStep(step, {arch: self.key(arch) for arch in step.new})
         return self.step
 
     def finish_step(self) -> HistoryEntry:
         """Aggregate over the archive, tell, refresh and checkpoint; the step must have every value."""
-        step = self.step
-        assert step is not None and not step.missing, "a step finishes once every new arch has values"
-        added = []
-        for arch in step.keys:
-            self.archive.add(arch, self.space.decode(arch), step.entries[arch], len(self.history) + 1)
-            added.append(step.entries[arch])
-        with timed(self.seconds, "aggregation"):
-            fitness = self.archive.fitness(self.config.aggregate, self.config.labeled)
-        with timed(self.seconds, "strategy"):
-            told = [float(fitness[self.archive.index[arch]]) for arch in step.archs]
-            self.strategy.tell(step.genomes, told)
-            self.strategy.refresh(dict(zip(self.archive.genomes, fitness.tolist(), strict=True)))
-        self.told += len(step.genomes)
-        best = int(np.argmax(fitness))  # the first of equal scores: the earliest evaluated
-        entry = HistoryEntry(len(self.history) + 1, self.told, self.archive.archs[best], float(fitness[best]))
-        self.history.append(entry)
-        records = [
-            EvaluationRecord(e.key.arch, e.values, e.params, e.flops, 0.0, CACHE_WORKER) for e in added
-        ]
-        self.registry.checkpoint(self.id, records, state=self.state_dict(), evaluations_done=self.told,
+        pending = self.step
+        assert pending is not None and not pending.missing, "a step finishes once every new arch has values"
+        found = {arch: Evaluation(arch, e.values, e.params, e.flops) for arch, e in pending.entries.items()}
+        entry = self.loop.finish_step(pending.step, found)
+        # The workers stored this job's own evaluations; what the cache answered is stored here, marked.
+        records = [EvaluationRecord(e.arch, dict(e.values), e.params, e.flops, 0.0, cached=True)
+                   for e in found.values()]  # fmt: skip
+        self.registry.checkpoint(self.id, records, state=self.loop.state_dict(), evaluations_done=self.told,
                                  best=(entry.arch, entry.score))  # fmt: skip
         self.step = None
         return entry
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            "strategy": self.strategy.state_dict(),
-            "archive": list(self.archive.archs),
-            "steps": list(self.archive.steps),
-            "history": [asdict(entry) for entry in self.history],
-        }
-
-    # -- the end ---------------------------------------------------------------------------------------------
-    def archive_entries(self) -> list[ArchiveEntry]:
-        """The archive with the final aggregate, each evaluation's stored seconds and its first step."""
-        fitness = self.archive.fitness(self.config.aggregate, self.config.labeled)
-        seconds = {e.arch: e.seconds for e in self.registry.evaluations(self.id)}
-        members = zip(self.archive.archs, self.archive.entries, self.archive.steps, strict=True)
-        return [
-            ArchiveEntry(arch, dict(entry.values), float(fitness[i]), seconds.get(arch, 0.0), step)
-            for i, (arch, entry, step) in enumerate(members)
-        ]
-
     def result(self) -> ResultRecord:
         """The best arch by the final aggregate, with its raw values, costs and the best-so-far history."""
-        fitness = self.archive.fitness(self.config.aggregate, self.config.labeled)
-        best = int(np.argmax(fitness))
-        entry = self.archive.entries[best]
-        history = tuple(asdict(h) for h in self.history)
-        return ResultRecord(self.id, self.archive.archs[best], float(fitness[best]), dict(entry.values),
-                            entry.params, entry.flops, history)  # fmt: skip
+        best, score = self.loop.best()
+        history = tuple(asdict(h) for h in self.loop.history)
+        return ResultRecord(self.id, best.arch, score, dict(best.values), best.params, best.flops, history)
 
     def finish(self) -> ResultRecord:
         """Store the result and mark the job done, atomically."""
@@ -333,22 +215,15 @@ class JobRun:
         return result
 
     def search_result(self, wall_seconds: float, scoring_seconds: float) -> SearchResult:
-        """The finished job as `nasfleet.search.run_search` reports a search (``nasfleet search``'s JSON).
+        """The finished job as `run_search` reports a search (``nasfleet search``'s JSON).
 
-        The caller measures the two times: *wall_seconds* of the orchestration, and *scoring_seconds*,
-        the part of it spent waiting for the workers (scoring, broker and polling latency), so that the
-        overhead is the orchestrator's own time. Strategy and aggregation seconds are this object's (the
-        steps taken in this process). Evaluations answered from the cache (scored for another job) count
-        as cached; their original seconds are not in the cache, so ``cached_scoring_seconds`` is 0.
+        The caller measures *wall_seconds* of the orchestration and *scoring_seconds*, the part of it
+        spent waiting for the workers, so that the overhead is the orchestrator's own time. Archive
+        seconds and cache flags are the stored evaluations'; a cache hit's original seconds are not
+        stored with it, so ``cached_scoring_seconds`` is 0.
         """
-        result, chars = self.result(), self.characteristics
-        evaluations = self.registry.evaluations(self.id)
-        cached = sum(1 for e in evaluations if e.worker == CACHE_WORKER)
+        chars = self.characteristics
         probe = {"batch_size": self.options.batch_size, "input_shape": list(chars.input_shape),
                  "num_classes": chars.num_classes, "labeled": chars.labeled}  # fmt: skip
-        return SearchResult(
-            self.config, result.arch, result.score, dict(result.values), result.params, result.flops,
-            self.told, len(self.archive.archs), len(self.history), wall_seconds, scoring_seconds,
-            self.seconds["strategy"], self.seconds["aggregation"], tuple(self.history),
-            tuple(self.archive_entries()), self.strategy.state_dict(), probe, cached, 0.0,
-        )  # fmt: skip
+        recorded = {e.arch: _evaluation(e) for e in self.registry.evaluations(self.id)}
+        return self.loop.result(wall_seconds, scoring_seconds, probe, recorded)

@@ -9,12 +9,7 @@ evaluation and cache entry, the orchestrator reads the cache; a crash of either 
 Cache and in-flight sharing: an arch is looked up by (arch, characteristics hash, proxy-configuration
 hash); one that another job of any tenant is already waiting for is not sent again, its value serves all.
 
-Fair share between tenants: at most ``max_jobs_per_tenant`` jobs of a tenant run at once (the others stay
-queued); at most ``max_in_flight`` archs are dispatched and unanswered in all, and ``max_tenant_in_flight``
-per tenant. Free slots go to tenants in round-robin order, one task (``chunk_size`` archs) per turn, and
-within a tenant round-robin over its jobs. Because the queue never holds more than ``max_in_flight``
-archs, the broker's FIFO order cannot undo the orchestrator's: a tenant with a huge job gets its share
-of the workers, and a small job of another tenant starts and finishes without waiting behind it.
+Fair share between tenants: see `nasfleet.server.service.dispatch.FairShare`.
 
 Crash safety: jobs resume from their checkpoints (see `nasfleet.server.service.jobs`). A task that is lost
 (its worker died and the broker does not redeliver, e.g. the whole SQLite-broker worker was killed) is
@@ -27,80 +22,19 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
 
 from nasfleet.server.registry import CacheEntry, CacheKey, Registry, RegistryError, ResultRecord
 from nasfleet.server.service.containment import describe, registry_unreachable
+from nasfleet.server.service.dispatch import Dispatcher, FairShare, Flight, RunStats
 from nasfleet.server.service.jobs import JobRun
 from nasfleet.server.service.liveness import WorkerWatch
-from nasfleet.server.service.tasks import make_payload, score_locally
+from nasfleet.server.service.tasks import make_payload
 
 log = logging.getLogger(__name__)
 #: What one job may raise while it is prepared, stepped or stored: anything. It fails that job alone; only
 #: an unreachable registry (`nasfleet.server.service.containment.registry_unreachable`) stops the loop.
 JOB_ERRORS: tuple[type[Exception], ...] = (Exception,)
-
-
-class Dispatcher(Protocol):
-    """Sends one scoring task: ``score_batch(payload, archs)``."""
-
-    def send(self, payload: dict[str, Any], archs: list[str]) -> None: ...
-
-
-class LocalDispatcher:
-    """Scores in the calling process at once, through the task's own code: no broker, no worker."""
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-
-    def send(self, payload: dict[str, Any], archs: list[str]) -> None:
-        score_locally(self.registry, payload, archs)
-
-
-@dataclass(frozen=True)
-class FairShare:
-    """Quotas and the dispatch granularity; see the module docstring."""
-
-    max_jobs_per_tenant: int = 4
-    max_in_flight: int = 8
-    max_tenant_in_flight: int | None = None
-    chunk_size: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("max_jobs_per_tenant", "max_in_flight", "chunk_size"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name} must be an integer >= 1, but got {value!r}")
-
-    @property
-    def tenant_in_flight(self) -> int:
-        return self.max_tenant_in_flight or self.max_in_flight
-
-
-@dataclass
-class _Flight:
-    """An arch sent to the workers (or waiting to be sent) and the jobs that wait for its values."""
-
-    key: CacheKey
-    waiters: list[JobRun]
-    sent_at: float | None = None
-    attempts: int = 0
-
-
-@dataclass
-class RunStats:
-    """What the orchestrator did: its busy (non-waiting) time, and what it sent and found cached."""
-
-    wall_seconds: float = 0.0
-    busy_seconds: float = 0.0
-    steps: int = 0
-    dispatched: int = 0
-    cache_hits: int = 0
-    shared_in_flight: int = 0
-    resent: int = 0
-    events: list[tuple[float, str, str, str, int]] = field(default_factory=list)
 
 
 class Orchestrator:
@@ -140,7 +74,7 @@ class Orchestrator:
         self.notes: dict[str, str] = {}  # job id -> why it does not advance, as last written
         self._broker_problem = self._waiting = ""
         self.active: dict[str, list[JobRun]] = defaultdict(list)
-        self.flights: dict[CacheKey, _Flight] = {}
+        self.flights: dict[CacheKey, Flight] = {}
         self.queued: dict[str, list[CacheKey]] = defaultdict(list)  # job id -> keys it must send
         self.results: dict[str, ResultRecord] = {}
         self.failed: dict[str, str] = {}
@@ -259,7 +193,7 @@ class Orchestrator:
                     self.flights[key].waiters.append(job)
                     self.stats.shared_in_flight += 1
                 else:
-                    self.flights[key] = _Flight(key, [job])
+                    self.flights[key] = Flight(key, [job])
                     self.queued[job.id].append(key)
             self._maybe_finish(job)
         return began
@@ -462,9 +396,3 @@ class Orchestrator:
                 self.stats.resent += 1
                 resent = True
         return resent
-
-
-def run_jobs(registry: Registry, dispatcher: Dispatcher, job_ids: Sequence[str] | None = None,
-             **options: Any) -> dict[str, ResultRecord]:  # fmt: skip
-    """Run the unfinished jobs (or those of *job_ids*) to the end; the results by job id."""
-    return Orchestrator(registry, dispatcher, job_ids=job_ids, **options).run()

@@ -5,8 +5,8 @@ starts ``celery -A nasfleet.server.service.celery_app worker`` processes itself 
 group) when done, also on error. Distributed: the broker is ``redis://`` or ``amqp://``, the registry
 ``postgresql+psycopg://``, and workers are ``nasfleet worker`` processes started on any machines;
 ``local_workers`` may still add some here. `Service` puts the pieces together; `make_service` builds the
-one or the other from a broker URL ("" for embedded), and `run_jobs_at_once` runs a set of submitted jobs
-to the end: how ``nasfleet search``, ``nasfleet simulate`` and the Flower round run their searches.
+one or the other from a broker URL ("" for embedded), and `Service.run_together` runs a set of submitted
+jobs to the end: how ``nasfleet search``, ``nasfleet simulate`` and the Flower round run their searches.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,10 @@ from nasfleet.server.service.celery_app import (
     resolve_queue,
     sqlite_broker_url,
 )
+from nasfleet.server.service.dispatch import FairShare
 from nasfleet.server.service.jobs import JobRun
 from nasfleet.server.service.liveness import PARENT_ENV, WorkerWatch
-from nasfleet.server.service.orchestrator import FairShare, Orchestrator
+from nasfleet.server.service.orchestrator import Orchestrator
 from nasfleet.server.service.tasks import TASK_NAME
 
 STARTUP_TIMEOUT_S = 60.0
@@ -279,6 +280,18 @@ class Service:
         """Run the registry's unfinished jobs (or *job_ids*) to the end."""
         return self.orchestrator(job_ids, **overrides).run()
 
+    def run_together(
+        self, job_ids: Sequence[str], on_step: Callable[[JobRun], None] | None = None
+    ) -> Orchestrator:
+        """Run *job_ids* (and no other job) to the end, all admitted at once: how ``nasfleet search`` and
+        a federation round run their searches. The orchestrator that ran them (``failed``, ``stats``)."""
+        fair = replace(
+            self.options.fair, max_jobs_per_tenant=max(self.options.fair.max_jobs_per_tenant, len(job_ids))
+        )
+        orchestrator = self.orchestrator(job_ids, fair=fair, on_step=on_step)
+        orchestrator.run()
+        return orchestrator
+
 
 def make_service(
     state_dir: str | Path, *, broker: str = "", registry: str | None = None, workers: int = 1, **options: Any
@@ -304,24 +317,3 @@ def make_service(
         settings = embedded_settings(state_dir, registry)
     options.setdefault("concurrency", 1)
     return Service(settings, state_dir, ServiceOptions(local_workers=workers, **options))
-
-
-@contextmanager
-def embedded(state_dir: str | Path, *, workers: int = 1, registry: str | None = None,
-             **options: Any) -> Iterator[Service]:  # fmt: skip
-    """The embedded service, started: SQLite broker (and registry) in *state_dir*, *workers* local worker
-    processes (see `make_service`)."""
-    with make_service(state_dir, workers=workers, registry=registry, **options) as service:
-        yield service
-
-
-def run_jobs_at_once(
-    service: Service, job_ids: Sequence[str], on_step: Callable[[JobRun], None] | None = None
-) -> Orchestrator:
-    """Run *job_ids* (and no other job of the registry) to the end, all admitted at once; the orchestrator
-    that ran them (its ``results``, ``failed`` and ``stats``). The jobs' results are in the registry."""
-    fair = service.options.fair
-    fair = replace(fair, max_jobs_per_tenant=max(fair.max_jobs_per_tenant, len(job_ids)))
-    orchestrator = service.orchestrator(job_ids, fair=fair, on_step=on_step)
-    orchestrator.run()
-    return orchestrator

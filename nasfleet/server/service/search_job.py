@@ -1,9 +1,8 @@
 """One search through the service, as ``nasfleet search`` runs it: submit a job, run it, report it.
 
-The job goes to the registry under a tenant (created if new), the orchestrator runs it through Celery
-workers (embedded: an SQLite broker in a temporary directory and local worker processes; distributed: a
-broker URL served by ``nasfleet worker`` processes elsewhere, plus any local ones), and the finished job
-is reported as `nasfleet.search.SearchResult`, the report of the in-process `nasfleet.search.run_search`.
+The job goes to the registry under a tenant (created if new), the service runs it (the embedded broker
+lives in a temporary directory), and the finished job is reported as `nasfleet.search.SearchResult`, as
+the in-process `nasfleet.search.run_search` reports a search.
 
 Probe data: a job with ``JobOptions.probe_data`` scores on a seeded mini-batch of that dataset's train
 split (real images for ``cifar10``), not on a synthetic batch; the spec, the batch size and the scoring
@@ -27,8 +26,8 @@ from kombu.utils.url import maybe_sanitize_url
 
 from nasfleet.protocol.messages import DataCharacteristics, ResourceConstraints
 from nasfleet.search import SearchError, SearchResult, search_progress
-from nasfleet.server.service.jobs import CACHE_WORKER, JobOptions, JobRun, submit_job
-from nasfleet.server.service.runtime import make_service, run_jobs_at_once
+from nasfleet.server.service.jobs import JobOptions, JobRun, submit_job
+from nasfleet.server.service.runtime import make_service
 
 
 @dataclass(frozen=True)
@@ -64,9 +63,9 @@ def search_through_service(
 
                 def on_step(run: JobRun) -> None:
                     runs[run.id] = run
-                    show(run.told, run.history[-1].score)
+                    show(run.told, run.loop.history[-1].score)
 
-                orchestrator = run_jobs_at_once(service, [job.id], on_step)
+                orchestrator = service.run_together([job.id], on_step)
             record = service.registry.get_job(job.id)
             if record is None or record.status != "done" or job.id not in runs:
                 reason = orchestrator.failed.get(job.id) or (record.error if record else None)
@@ -75,11 +74,11 @@ def search_through_service(
             wall, busy = stats.wall_seconds, min(stats.busy_seconds, stats.wall_seconds)
             result = runs[job.id].search_result(wall, wall - busy)
             evaluations = service.registry.evaluations(job.id)
-    scored = [e.seconds for e in evaluations if e.worker != CACHE_WORKER]
+    scored = [e.seconds for e in evaluations if not e.cached]
     return ServiceSearch(result, {
         "job_id": job.id, "tenant": tenant, "mode": "distributed" if broker else "embedded",
         "broker": maybe_sanitize_url(broker) if broker else "", "registry": maybe_sanitize_url(registry),
         "local_workers": workers, "startup_seconds": startup, "orchestrator_busy_seconds": busy,
         "worker_scoring_seconds": sum(scored), "scored": len(scored), "cache_hits": stats.cache_hits,
-        "dispatched": stats.dispatched, "workers": sorted({e.worker for e in evaluations} - {CACHE_WORKER}),
+        "dispatched": stats.dispatched, "workers": sorted({e.worker for e in evaluations if not e.cached}),
     })  # fmt: skip

@@ -1,4 +1,4 @@
-"""The scoring task: raw proxy values of a batch of candidates, stored in the registry (DESIGN step 4).
+"""The scoring task: raw proxy values of a batch of candidates, stored in the registry.
 
 ``score_batch(payload, archs)`` is small on the wire: *payload* names the job, its characteristics hash
 and the scoring configuration (`ScoringSpec`), *archs* are canonical arch strings. The characteristics
@@ -20,7 +20,6 @@ broker briefly away) is retried a bounded number of times with backoff.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -32,10 +31,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from celery import Task, shared_task
 
+from nasfleet import checks
 from nasfleet.data.datasets import load_dataset
+from nasfleet.protocol.codecs import decode_characteristics
 from nasfleet.protocol.messages import DataCharacteristics, MessageError
 from nasfleet.proxies.base import ProxyError, revised
 from nasfleet.proxies.engine import expand_names, score_archs
@@ -59,8 +59,7 @@ class PayloadError(ValueError):
 
 
 def _require(ok: bool, field: str, rule: str, value: object) -> None:
-    if not ok:
-        raise PayloadError(f"{field} must be {rule}, but got {repr(value)[:200]}")
+    checks.require(ok, field, rule, value, PayloadError)
 
 
 def _is_int(value: object) -> bool:
@@ -193,34 +192,6 @@ def _canonical(space: SearchSpace, index: int, arch: object) -> str:
         raise PayloadError(f"archs[{index}] must be an architecture of {space.name}: {error}") from None
     _require(canonical == arch, f"archs[{index}]", f"in canonical form ({canonical})", arch)
     return canonical
-
-
-# -- characteristics in a job's options ----------------------------------------------------------------------
-def encode_characteristics(characteristics: DataCharacteristics) -> dict[str, Any]:
-    """JSON data for a job's ``options["characteristics"]``: wire scalars, arrays as base64 float32 bytes."""
-    scalars, arrays = characteristics.to_wire()
-    encoded = {
-        name: {"shape": list(array.shape),
-               "float32": base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode()}
-        for name, array in arrays.items()
-    }  # fmt: skip
-    return {"scalars": scalars, "arrays": encoded}
-
-
-def decode_characteristics(data: object) -> DataCharacteristics:
-    """The characteristics `encode_characteristics` stored; a `MessageError` if they break the schema."""
-    if not isinstance(data, Mapping) or not isinstance(data.get("scalars"), Mapping):
-        raise MessageError(f"characteristics must be a mapping with 'scalars', but got {repr(data)[:200]}")
-    arrays: dict[str, np.ndarray] = {}
-    for name, item in dict(data.get("arrays") or {}).items():
-        try:
-            raw = base64.b64decode(item["float32"], validate=True)
-            arrays[name] = np.frombuffer(raw, dtype="<f4").reshape(item["shape"]).astype(np.float32)
-        except (KeyError, TypeError, ValueError) as error:
-            raise MessageError(
-                f"characteristics array {name!r} must be base64 float32 data: {error}"
-            ) from None
-    return DataCharacteristics.from_wire(data["scalars"], arrays)
 
 
 # -- per-process state: the registry, characteristics and probe batches, reused across tasks ---------------

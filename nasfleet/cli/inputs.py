@@ -1,0 +1,102 @@
+"""What the commands read, named by their options: a space, an arch file, probe data, proxies, a device.
+
+Each is checked here, at the boundary: a bad value is a usage error naming the option, the rule and the
+value, raised before any long work starts.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from nasfleet.proxies.base import ProxyError
+from nasfleet.proxies.engine import check_device, expand_names
+from nasfleet.proxies.probe import ProbeBatch
+from nasfleet.spaces import ArchitectureError, Genome, InputShape, SearchSpace, get_space
+from nasfleet.spaces.base import check_input_shape
+
+if TYPE_CHECKING:
+    from nasfleet.data.datasets import Dataset
+
+
+def space_named(name: str) -> SearchSpace:
+    """The search space ``--space`` names."""
+    try:
+        return get_space(name)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--space") from None
+
+
+def parse_input_shape(text: str) -> InputShape:
+    """Parse ``C,H,W`` into a validated input shape."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(
+            f"must be three integers C,H,W, but got {text!r}", param_hint="--input-shape"
+        ) from None
+    try:
+        return check_input_shape(values, num_classes=2)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--input-shape") from None
+
+
+def read_archs(space: SearchSpace, path: Path) -> list[tuple[str, Genome]]:
+    """Arch strings of a file (one a line; blank lines and ``#`` comments skipped), validated."""
+    if str(path) == "-":
+        lines = sys.stdin.read().splitlines()
+    elif path.is_file():
+        lines = path.read_text().splitlines()
+    else:
+        raise typer.BadParameter(f"no such file: {path}", param_hint="--archs")
+    archs = []
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            archs.append((text, space.decode(text)))
+        except ArchitectureError as error:
+            raise typer.BadParameter(f"line {number}: {error}", param_hint="--archs") from None
+    return archs
+
+
+def expand_proxies(proxies: str, labeled: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The proxy and aggregate names ``--proxies`` asks for (an aggregate brings its input proxies)."""
+    try:
+        return expand_names(proxies, labeled)
+    except ProxyError as error:
+        raise typer.BadParameter(str(error), param_hint="--proxies") from None
+
+
+def train_split(data: str) -> Dataset:
+    """The train split of the dataset ``--data`` names."""
+    from nasfleet.data.datasets import load_dataset
+
+    try:
+        return load_dataset(data, "train")
+    except (ValueError, FileNotFoundError) as error:
+        raise typer.BadParameter(str(error), param_hint="--data") from None
+
+
+def probe_batch(
+    data: str, batch_size: int, seed: int, labeled: bool, dataset: Dataset | None = None
+) -> ProbeBatch:
+    """The seeded probe mini-batch of the train split of ``data`` (``dataset``, if already loaded)."""
+    dataset = train_split(data) if dataset is None else dataset
+    try:
+        return ProbeBatch.from_dataset(dataset, batch_size, seed, labeled)
+    except ValueError as error:
+        raise typer.BadParameter(f"{error} (samples in {data!r})", param_hint="--batch-size") from None
+
+
+def checked_device(device: str) -> str:
+    """``--device``, if this machine has it."""
+    try:
+        check_device(device)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--device") from None
+    return device

@@ -1,0 +1,107 @@
+"""``nasfleet simulate``: one personalized federated round of N devices on Flower's simulation engine."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import click
+import typer
+
+from nasfleet.cli.inputs import space_named
+from nasfleet.cli.options import (
+    MAX_BATCH_SIZE,
+    MAX_SKETCH_RANK,
+    BrokerOption,
+    BudgetOption,
+    LocalWorkersOption,
+    RegistryOption,
+    SeedOption,
+    SpaceOption,
+    StrategyOption,
+    UnlabeledOption,
+    finite,
+)  # fmt: skip
+from nasfleet.cli.service import check_service_options
+from nasfleet.cli.strategies import check_strategy_name
+from nasfleet.server.registry import DEFAULT_URL
+
+
+def simulate(
+    clients: Annotated[
+        int, typer.Option("--clients", min=1, max=1000, help="Number of simulated edge devices.")
+    ] = 4,
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="digits | synthetic[:N] | cifar10[:DIR]")
+    ] = "digits",
+    partition_spec: Annotated[
+        str, typer.Option("--partition", help="iid | dirichlet:ALPHA | shards:K")
+    ] = "dirichlet:0.5",
+    space: SpaceOption = "nb201",
+    strategy: StrategyOption = "evolution",
+    budget: BudgetOption = 24,
+    epsilon: Annotated[
+        float | None,
+        typer.Option("--epsilon", min=1e-6, max=1e6, callback=finite, help="DP epsilon of the sketches."),
+    ] = None,
+    sketch_rank: Annotated[
+        int | None, typer.Option("--sketch-rank", min=1, max=MAX_SKETCH_RANK, help="Covariance sketch rank.")
+    ] = None,
+    no_sketches: Annotated[
+        bool, typer.Option("--no-sketches", help="Devices opt out of sending sketches.")
+    ] = False,
+    unlabeled: UnlabeledOption = False,
+    probe_batch: Annotated[
+        int, typer.Option("--probe-batch", min=2, max=MAX_BATCH_SIZE, help="Synthetic probe batch size.")
+    ] = 32,
+    train_epochs: Annotated[
+        int, typer.Option("--train-epochs", min=1, max=1000, help="Local training epochs.")
+    ] = 2,
+    shared_baseline: Annotated[
+        bool,
+        typer.Option("--shared-baseline", help="Also train one shared arch (tightest limits) per device."),
+    ] = False,
+    registry: RegistryOption = DEFAULT_URL,
+    seed: SeedOption = 0,
+    broker: BrokerOption = "",
+    local_workers: LocalWorkersOption = 2,
+) -> None:
+    """A federation of N devices on Flower's simulation engine: one personalized round, end to end.
+
+    Every device sends its DP-released data characteristics, constraints and calibrated profile; the
+    server submits one search job per device and runs them all at once through the orchestrator and
+    Celery workers: without --broker, --local-workers workers started here on a temporary SQLite broker
+    file, removed when the command ends; with --broker, also any `nasfleet worker`s on that broker. Each
+    scores with FG-NAS on a synthetic batch rebuilt from the device's characteristics; each device trains
+    its SubNet locally and reports back, and everything is stored in --registry.
+    """
+    from nasfleet.data.datasets import load_dataset
+    from nasfleet.data.partition import partition
+    from nasfleet.server.federation.config import RoundConfig
+    from nasfleet.server.federation.simulation import simulate as run_federation
+
+    check_strategy_name(strategy)
+    space_named(space)
+    check_service_options(broker, registry, local_workers)
+    try:  # the devices would each fail on a bad spec; say it once, before starting Flower
+        partition(load_dataset(dataset).labels, partition_spec, clients, seed)
+    except (ValueError, FileNotFoundError) as error:
+        raise typer.BadParameter(str(error)) from None
+    devices: dict[str, bool | float | int | str] = {
+        "dataset": dataset,
+        "partition": partition_spec,
+        "seed": seed,
+        "sketches": not no_sketches,
+        "labeled": not unlabeled,
+    }
+    devices.update({k: v for k, v in (("epsilon", epsilon), ("sketch-rank", sketch_rank)) if v is not None})
+    config = RoundConfig(
+        num_clients=clients, space=space, strategy=strategy, budget=budget, probe_batch=probe_batch,
+        seed=seed, registry=registry, train_epochs=train_epochs, shared_baseline=shared_baseline,
+        broker=broker, workers=local_workers,
+    )  # fmt: skip
+    outcomes = run_federation(config, devices)
+    failed = [o for o in outcomes if not o.ok]
+    if len(outcomes) < clients or failed:
+        raise click.ClickException(
+            f"{len(failed)} device(s) failed, {clients - len(outcomes)} did not connect"
+        )
