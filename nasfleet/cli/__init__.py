@@ -2,14 +2,17 @@
 
 Names become classes only here, at the edge. `options` defines every option type the commands share,
 `inputs` checks what they read, `outputs` is the one way they write files; each other module is one
-command or command group. Heavy imports wait inside the commands.
+command or command group. Heavy imports (torch, Celery, SQLAlchemy, FastAPI) wait inside the commands, so
+``--help`` and ``--version`` answer at once.
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-import nasfleet.proxies  # noqa: F401 - importing the package fills the proxy and aggregate registries
+from nasfleet import __version__
 from nasfleet.cli.registry import registry_app
 from nasfleet.cli.score import bench_app, score
 from nasfleet.cli.search import search
@@ -22,6 +25,24 @@ from nasfleet.cli.strategies import strategies_app
 app = typer.Typer(
     help="Federated, multi-tenant, training-free neural architecture search.", no_args_is_help=True
 )
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        typer.echo(f"nasfleet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Federated, multi-tenant, training-free neural architecture search."""
+
+
 for command in (score, search, simulate, worker, orchestrate, serve):
     app.command()(command)
 for name, group in (("space", space_app), ("bench", bench_app), ("registry", registry_app),

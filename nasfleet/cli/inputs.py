@@ -1,7 +1,8 @@
 """What the commands read, named by their options: a space, an arch file, probe data, proxies, a device.
 
 Each is checked here, at the boundary: a bad value is a usage error naming the option, the rule and the
-value, raised before any long work starts.
+value, raised before any long work starts. The heavy modules (torch) are imported inside the functions,
+so that importing the command line stays fast.
 """
 
 from __future__ import annotations
@@ -12,18 +13,16 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from nasfleet.proxies.base import ProxyError
-from nasfleet.proxies.engine import check_device, expand_names
-from nasfleet.proxies.probe import ProbeBatch
-from nasfleet.spaces import ArchitectureError, Genome, InputShape, SearchSpace, get_space
-from nasfleet.spaces.base import check_input_shape
-
 if TYPE_CHECKING:
     from nasfleet.data.datasets import Dataset
+    from nasfleet.proxies.probe import ProbeBatch
+    from nasfleet.spaces import Genome, InputShape, SearchSpace
 
 
 def space_named(name: str) -> SearchSpace:
     """The search space ``--space`` names."""
+    from nasfleet.spaces import get_space
+
     try:
         return get_space(name)
     except ValueError as error:
@@ -32,6 +31,8 @@ def space_named(name: str) -> SearchSpace:
 
 def parse_input_shape(text: str) -> InputShape:
     """Parse ``C,H,W`` into a validated input shape."""
+    from nasfleet.spaces.base import check_input_shape
+
     try:
         values = [int(part) for part in text.split(",")]
     except ValueError:
@@ -46,6 +47,8 @@ def parse_input_shape(text: str) -> InputShape:
 
 def read_archs(space: SearchSpace, path: Path) -> list[tuple[str, Genome]]:
     """Arch strings of a file (one a line; blank lines and ``#`` comments skipped), validated."""
+    from nasfleet.spaces import ArchitectureError
+
     if str(path) == "-":
         lines = sys.stdin.read().splitlines()
     elif path.is_file():
@@ -66,6 +69,9 @@ def read_archs(space: SearchSpace, path: Path) -> list[tuple[str, Genome]]:
 
 def expand_proxies(proxies: str, labeled: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The proxy and aggregate names ``--proxies`` asks for (an aggregate brings its input proxies)."""
+    from nasfleet.proxies.base import ProxyError
+    from nasfleet.proxies.engine import expand_names
+
     try:
         return expand_names(proxies, labeled)
     except ProxyError as error:
@@ -86,6 +92,8 @@ def probe_batch(
     data: str, batch_size: int, seed: int, labeled: bool, dataset: Dataset | None = None
 ) -> ProbeBatch:
     """The seeded probe mini-batch of the train split of ``data`` (``dataset``, if already loaded)."""
+    from nasfleet.proxies.probe import ProbeBatch
+
     dataset = train_split(data) if dataset is None else dataset
     try:
         return ProbeBatch.from_dataset(dataset, batch_size, seed, labeled)
@@ -95,6 +103,8 @@ def probe_batch(
 
 def checked_device(device: str) -> str:
     """``--device``, if this machine has it."""
+    from nasfleet.proxies.engine import check_device
+
     try:
         check_device(device)
     except ValueError as error:

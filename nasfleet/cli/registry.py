@@ -10,18 +10,19 @@ import json
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
+from nasfleet.bounds import DEFAULT_REGISTRY_URL as DEFAULT_URL
 from nasfleet.cli.options import RegistryOption
 from nasfleet.cli.outputs import check_output, write_output
-from nasfleet.server.registry import DEFAULT_URL, JobRecord, Registry, RegistryError, ReportRecord
+
+if TYPE_CHECKING:
+    from nasfleet.server.registry import JobRecord, Registry, ReportRecord
 
 registry_app = typer.Typer(
     help="List, show and export the registry's tenants, devices, jobs, results and reports.",
@@ -34,6 +35,11 @@ Rows = tuple[list[str], list[list[str]]]
 
 def open_registry(url: str) -> Registry:
     """The registry at *url*, which must exist already; a bad URL is a ``--registry`` usage error."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from nasfleet.server.registry import Registry, RegistryError
+
     try:
         parsed = make_url(url)
     except ArgumentError:

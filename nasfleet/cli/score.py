@@ -29,8 +29,6 @@ from nasfleet.cli.options import (
     command_line,
 )  # fmt: skip
 from nasfleet.cli.outputs import check_output, check_output_directory, write_csv
-from nasfleet.proxies.base import ProxyError
-from nasfleet.proxies.engine import add_aggregates, score_archs
 
 bench_app = typer.Typer(
     help="Benchmark proxies against ground truth: rank correlation and cost.", no_args_is_help=True
@@ -40,6 +38,8 @@ bench_app = typer.Typer(
 @contextmanager
 def _scoring() -> Iterator[None]:
     """A proxy's failure as the command's error: nothing is written."""
+    from nasfleet.proxies.base import ProxyError
+
     try:
         yield
     except ProxyError as error:
@@ -65,6 +65,8 @@ def score(
     Columns: arch, one per raw proxy, one per requested aggregate (ranked over the whole file, higher is
     better), and seconds (building, probing and every proxy for that arch).
     """
+    from nasfleet.proxies.engine import add_aggregates, score_archs
+
     search_space, labeled = space_named(space), not unlabeled
     proxy_names, aggregate_names = expand_proxies(proxies, labeled)
     check_output(out)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import click
 import typer
 
+from nasfleet.bounds import DEFAULT_REGISTRY_URL as DEFAULT_URL
 from nasfleet.cli.inputs import probe_batch, space_named, train_split
 from nasfleet.cli.options import (
     MAX_COUNT,
@@ -31,9 +32,6 @@ from nasfleet.cli.options import (
 from nasfleet.cli.outputs import check_output, write_output
 from nasfleet.cli.service import check_service_options
 from nasfleet.cli.strategies import check_strategy_name
-from nasfleet.proxies.base import ProxyError
-from nasfleet.server.registry import DEFAULT_URL, RegistryError
-from nasfleet.server.registry.checks import check_name
 
 if TYPE_CHECKING:
     from nasfleet.search import SearchConfig, SearchResult
@@ -66,6 +64,9 @@ def _search_config(**fields: Any) -> SearchConfig:
 
 
 def _check_tenant(tenant: str) -> None:
+    from nasfleet.server.registry import RegistryError
+    from nasfleet.server.registry.checks import check_name
+
     try:
         check_name("tenant", tenant)
     except RegistryError as error:
@@ -132,7 +133,9 @@ def search(
     """
     from nasfleet.clients.characteristics import extract_characteristics
     from nasfleet.protocol.messages import ResourceConstraints
+    from nasfleet.proxies.base import ProxyError
     from nasfleet.search import SearchError, make_strategy
+    from nasfleet.server.registry import RegistryError
     from nasfleet.server.service.celery_app import SettingsError
     from nasfleet.server.service.jobs import JobOptions
     from nasfleet.server.service.search_job import search_through_service

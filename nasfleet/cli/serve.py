@@ -19,13 +19,16 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from nasfleet.bounds import DEFAULT_BROKER_URL, DEFAULT_QUEUE, MAX_BUDGET
+from nasfleet.bounds import DEFAULT_REGISTRY_URL as DEFAULT_URL
 from nasfleet.cli.options import (
     BrokerOption,
     ConcurrencyOption,
@@ -40,12 +43,9 @@ from nasfleet.cli.outputs import ExclusiveFile
 from nasfleet.cli.registry import open_registry
 from nasfleet.cli.service import celery_settings, service_options
 from nasfleet.protocol.messages import MAX_SKETCH_VALUES
-from nasfleet.server.api.app import ApiSettings, create_app
-from nasfleet.server.api.runner import ServiceProblems, running_service
-from nasfleet.server.api.schemas import MAX_BUDGET
-from nasfleet.server.api.validation import Limits
-from nasfleet.server.registry import DEFAULT_URL, Registry, RegistryError
-from nasfleet.server.service.celery_app import DEFAULT_BROKER_URL, DEFAULT_QUEUE
+
+if TYPE_CHECKING:
+    from nasfleet.server.registry import Registry
 
 tenants_app = typer.Typer(help="Tenants of the HTTP API and their API keys.", no_args_is_help=True)
 
@@ -102,7 +102,13 @@ def serve(
 
     Without --broker, the broker is a lasting SQLite file in the current directory (see --broker).
     """
+    listening = _bind(host, port)  # before anything starts: a taken port is an error at once
     import uvicorn
+
+    from nasfleet.server.api.app import ApiSettings, create_app
+    from nasfleet.server.api.runner import ServiceProblems, running_service
+    from nasfleet.server.api.validation import Limits
+    from nasfleet.server.registry import Registry, RegistryError
 
     settings = celery_settings(broker, registry, queue)
     options = service_options(local_workers, concurrency, max_jobs_per_tenant, max_in_flight)
@@ -110,6 +116,7 @@ def serve(
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         with (
+            listening,
             running_service(settings, state_dir, options, orchestrate=orchestrate) as (service, loop),
             Registry(settings.registry) as store,  # the API's own connections: load never starves the loop
         ):
@@ -119,10 +126,27 @@ def serve(
             typer.echo(f"nasfleet serve: http://{host}:{port} ({mode} mode, orchestrator "
                        f"{'on' if loop else 'off'})", err=True)  # fmt: skip
             access = log_level in ("info", "debug", "trace")
+            config = uvicorn.Config(app, log_level=log_level, access_log=access)
             with _signals_kept():
-                uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access)
+                uvicorn.Server(config).run(sockets=[listening])
     except RegistryError as error:
         raise typer.BadParameter(str(error), param_hint="--registry") from None
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound to *host*:*port*, so that ``serve`` announces its URL only once it holds the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as error:
+        listening.close()
+        raise typer.BadParameter(
+            f"must be free to listen on, but {host}:{port} gave: {error.strerror or error}",
+            param_hint="--host/--port",
+        ) from None
+    return listening
 
 
 @contextmanager
@@ -150,6 +174,7 @@ def tenants_create(
     key_file: KeyFileOption = None,
 ) -> None:
     """Create a tenant and an API key for it: handed out once (stdout, or --key-file), stored hashed."""
+    from nasfleet.server.registry import Registry
 
     def create(store: Registry) -> str:
         store.create_tenant(name, exist_ok=exist_ok)
@@ -162,6 +187,8 @@ def _issue_key(
     name: str, opened: Callable[[], Registry], create: Callable[[Registry], str], key_file: Path | None
 ) -> None:
     """Create a key with *create* and hand it out once: into a new *key_file* (made first), else stdout."""
+    from nasfleet.server.registry import RegistryError
+
     target = ExclusiveFile(key_file, "--key-file") if key_file is not None else None
     try:
         with opened() as store:
@@ -189,6 +216,7 @@ def tenants_add_key(
     key_file: KeyFileOption = None,
 ) -> None:
     """One more API key for an existing tenant (e.g. to rotate keys): once, on stdout or in --key-file."""
+    from nasfleet.server.registry import RegistryError
 
     def create(store: Registry) -> str:
         if store.get_tenant(name) is None:

@@ -13,10 +13,12 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from nasfleet.bounds import DEFAULT_BROKER_URL, DEFAULT_QUEUE
+from nasfleet.bounds import DEFAULT_REGISTRY_URL as DEFAULT_URL
 from nasfleet.cli.options import (
     BrokerOption,
     ConcurrencyOption,
@@ -28,19 +30,11 @@ from nasfleet.cli.options import (
     StateDirOption,
     WaitOption,
 )  # fmt: skip
-from nasfleet.server.registry import DEFAULT_URL, RegistryError
-from nasfleet.server.service.celery_app import (
-    DEFAULT_BROKER_URL,
-    DEFAULT_QUEUE,
-    CelerySettings,
-    SettingsError,
-    make_app,
-    resolve_queue,
-)
-from nasfleet.server.service.containment import registry_unreachable
-from nasfleet.server.service.dispatch import FairShare
-from nasfleet.server.service.orchestrator import Orchestrator
-from nasfleet.server.service.runtime import LocalWorkers, Service, ServiceOptions, broker_problem
+
+if TYPE_CHECKING:
+    from nasfleet.server.service.celery_app import CelerySettings
+    from nasfleet.server.service.orchestrator import Orchestrator
+    from nasfleet.server.service.runtime import Service, ServiceOptions
 
 RETRY_S = 2.0
 TEMPORARY_BROKER = "sqlite:///temporary.sqlite"  # stands for the file `make_service` makes, to check URLs
@@ -50,6 +44,8 @@ PoolOption = Annotated[str, typer.Option("--pool", help="Celery pool: prefork | 
 
 def celery_settings(broker: str, registry: str, queue: str = DEFAULT_QUEUE) -> CelerySettings:
     """The service's settings; a URL or queue that cannot work is a usage error naming it."""
+    from nasfleet.server.service.celery_app import CelerySettings, SettingsError
+
     try:
         return CelerySettings(broker=broker, registry=registry, queue=queue)
     except SettingsError as error:
@@ -60,6 +56,9 @@ def service_options(
     local_workers: int, concurrency: int, max_jobs_per_tenant: int, max_in_flight: int
 ) -> ServiceOptions:
     """The service options of ``serve`` and ``orchestrate``: local workers and the fair share of jobs."""
+    from nasfleet.server.service.dispatch import FairShare
+    from nasfleet.server.service.runtime import ServiceOptions
+
     fair = FairShare(max_jobs_per_tenant=max_jobs_per_tenant, max_in_flight=max_in_flight)
     return ServiceOptions(local_workers=local_workers, concurrency=concurrency, fair=fair)
 
@@ -79,6 +78,10 @@ def check_service_options(broker: str, registry: str, local_workers: int) -> Non
 def _reachable(settings: CelerySettings, wait_s: float, stopping: list[int]) -> CelerySettings | None:
     """*settings* with the deployment's queue once the registry and the broker answer, or None after
     *wait_s* seconds (one line said on the first failure and one on giving up)."""
+    from nasfleet.server.registry import RegistryError
+    from nasfleet.server.service.celery_app import make_app, resolve_queue
+    from nasfleet.server.service.runtime import broker_problem
+
     deadline, said = time.monotonic() + wait_s, False
     while not stopping:
         resolved: CelerySettings | None = None
@@ -116,6 +119,8 @@ def worker(
     processes. An unreachable broker or registry is said in one line and retried; after --wait seconds
     the command exits with status 1.
     """
+    from nasfleet.server.service.runtime import LocalWorkers
+
     if local_workers < 1:
         raise typer.BadParameter(
             f"must be at least 1 (the workers this command runs), but got {local_workers}",
@@ -150,6 +155,9 @@ def worker(
 def _run_until_done(service: Service, wait_s: float) -> Orchestrator:
     """Orchestrators run one after another while the registry is unreachable, for up to *wait_s* seconds
     of unreachability in a row (one line said when it goes away); the one that finished."""
+    from nasfleet.server.registry import RegistryError
+    from nasfleet.server.service.containment import registry_unreachable
+
     failing_since: float | None = None
     while True:
         orchestrator = service.orchestrator()
@@ -193,6 +201,9 @@ def orchestrate(
     A registry that goes away (a database restart) stops the orchestrator, which is started again every
     2 s for up to --wait seconds and resumes every job from its checkpoint; then the command exits 1.
     """
+    from nasfleet.server.registry import RegistryError
+    from nasfleet.server.service.runtime import Service
+
     settings = celery_settings(broker, registry, queue)
     options = service_options(local_workers, concurrency, max_jobs_per_tenant, max_in_flight)
     # SIGTERM unwinds like Ctrl-C, so the local workers are stopped; every job resumes from its stored state.

@@ -7,6 +7,7 @@ from typing import Annotated
 import click
 import typer
 
+from nasfleet.bounds import DEFAULT_REGISTRY_URL as DEFAULT_URL
 from nasfleet.cli.inputs import space_named
 from nasfleet.cli.options import (
     MAX_BATCH_SIZE,
@@ -23,7 +24,6 @@ from nasfleet.cli.options import (
 )  # fmt: skip
 from nasfleet.cli.service import check_service_options
 from nasfleet.cli.strategies import check_strategy_name
-from nasfleet.server.registry import DEFAULT_URL
 
 
 def simulate(

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from nasfleet.bounds import MAX_COUNT
 from nasfleet.protocol.checks import MessageError as MessageError  # re-exported: the boundary's error
 from nasfleet.protocol.checks import (
     identifier,
@@ -41,7 +42,7 @@ MAX_SAMPLES = 10**9
 MAX_SKETCH_VALUES = 4_000_000
 #: Finite ranges of the numeric fields (closed intervals; see docs/api.md, "Ranges"). Generous for real
 #: hardware, small enough that no arithmetic on them overflows.
-MAX_COUNT = 10**15  # max_params, max_flops
+
 MEMORY_MB = (1e-3, 1e7)  # max_memory_mb, memory_mb: 1 KB .. 10 TB of weights
 LATENCY_MS = (1e-3, 1e7)  # max_latency_ms: 1 µs .. 2.8 hours
 FLOPS_PER_MS = (1e-3, 1e12)  # flops_per_ms: 1 FLOP/s .. 1 PFLOP/s

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nasfleet.bounds import DEVICES
 from nasfleet.progress import progress as progress_display
 from nasfleet.proxies.aggregate import AGGREGATES, get_aggregate
 from nasfleet.proxies.base import PROXIES, Proxy, ProxyError
@@ -40,7 +41,6 @@ __all__ = [
 ]
 
 ALL = "all"
-DEVICES = ("cpu", "cuda")
 
 
 # -- names -----------------------------------------------------------------------------------------------

@@ -19,11 +19,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from nasfleet.bounds import MAX_BATCH_SIZE
 from nasfleet.protocol.messages import DataCharacteristics
 from nasfleet.proxies.probe import ProbeBatch
 
 MIN_BATCH_SIZE = 2
-MAX_BATCH_SIZE = 4096
 MAX_SEED = 2**63 - 1
 
 Labels = npt.NDArray[np.int64]

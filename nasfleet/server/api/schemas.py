@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, Tag
 
+from nasfleet.bounds import MAX_BUDGET, MAX_COUNT, MAX_SEED
 from nasfleet.protocol.messages import (
     EPSILON,
     FLOPS_PER_MS,
@@ -33,9 +34,6 @@ from nasfleet.protocol.messages import (
 )
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
-MAX_BUDGET = 1_000_000
-MAX_SEED = 2**31 - 1
-MAX_COUNT = 10**15
 MAX_BASE64_CHARS = 64 * 2**20
 ARRAY_TAGS = ("nested", "base64")
 """Union member tags that validation errors leave out of a field's name."""

@@ -47,12 +47,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from nasfleet import checks
+from nasfleet.bounds import DEFAULT_BROKER_URL, DEFAULT_QUEUE
 from nasfleet.server.registry import DEFAULT_URL as DEFAULT_REGISTRY_URL
 from nasfleet.server.registry import Registry
 from nasfleet.server.service.liveness import Heartbeat
 
-DEFAULT_BROKER_URL = "sqlite:///nasfleet-broker.db"
-DEFAULT_QUEUE = ""  # the deployment's: see `resolve_queue`
 QUEUE_PREFIX = "nasfleet"
 DEFAULT_SOFT_TIME_LIMIT_S = 300.0
 DEFAULT_TIME_LIMIT_S = 360.0

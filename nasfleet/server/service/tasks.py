@@ -34,13 +34,14 @@ from typing import Any
 from celery import Task, shared_task
 
 from nasfleet import checks
+from nasfleet.bounds import MAX_BATCH_SIZE
 from nasfleet.data.datasets import load_dataset
 from nasfleet.protocol.codecs import decode_characteristics
 from nasfleet.protocol.messages import DataCharacteristics, MessageError
 from nasfleet.proxies.base import ProxyError, revised
 from nasfleet.proxies.engine import expand_names, score_archs
 from nasfleet.proxies.probe import ProbeBatch
-from nasfleet.search.probe import MAX_BATCH_SIZE, MIN_BATCH_SIZE, synthetic_probe_batch
+from nasfleet.search.probe import MIN_BATCH_SIZE, synthetic_probe_batch
 from nasfleet.server.registry import CacheEntry, CacheKey, EvaluationRecord, Registry, RegistryError
 from nasfleet.spaces import SPACES, ArchitectureError, Genome, SearchSpace, get_space
 

@@ -1,0 +1,17 @@
+"""The defaults and finite bounds that several boundaries share (CLI options, HTTP schemas, the service).
+
+This module imports nothing, so the command line can build its options (and answer ``--help``) without
+loading torch, Celery, SQLAlchemy or pydantic. The modules that enforce a bound import it from here.
+"""
+
+from __future__ import annotations
+
+MAX_BUDGET = 1_000_000  # evaluations of one search
+MAX_SEED = 2**31 - 1  # a user-given search or scoring seed
+MAX_COUNT = 10**15  # max_params, max_flops
+MAX_BATCH_SIZE = 4096  # a probe mini-batch
+DEVICES = ("cpu", "cuda")  # where proxies are computed
+
+DEFAULT_REGISTRY_URL = "sqlite:///nasfleet-registry.db"  # a file in the current directory
+DEFAULT_BROKER_URL = "sqlite:///nasfleet-broker.db"  # the embedded broker of serve, orchestrate, worker
+DEFAULT_QUEUE = ""  # the deployment's queue: see `nasfleet.server.service.celery_app.resolve_queue`
