@@ -88,6 +88,14 @@ BrokerOption = Annotated[
         f"`worker` use {DEFAULT_BROKER_URL}, a file in the current directory that stays.",
     ),
 ]
+FormatOption = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        click_type=click.Choice(["table", "json"]),
+        help="table (for reading) or json (every field, full arch strings, for programs).",
+    ),
+]
 LocalWorkersOption = Annotated[
     int,
     typer.Option(

@@ -6,6 +6,7 @@ These commands never create a registry: a SQLite file that does not exist is a `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from datetime import datetime
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nasfleet.bounds import DEFAULT_REGISTRY_URL as DEFAULT_URL
-from nasfleet.cli.options import RegistryOption
+from nasfleet.cli.options import FormatOption, RegistryOption
 from nasfleet.cli.outputs import check_output, write_output
 
 if TYPE_CHECKING:
@@ -66,22 +67,21 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
-def _tenants(registry: Registry, tenant: str | None) -> Rows:
-    rows = [[t.name, str(t.id), _when(t.created_at)] for t in registry.list_tenants()]
-    return ["tenant", "id", "created (UTC)"], [row for row in rows if tenant in (None, row[0])]
+def _tenants(records: list[Any]) -> Rows:
+    return ["tenant", "id", "created (UTC)"], [[t.name, str(t.id), _when(t.created_at)] for t in records]
 
 
-def _devices(registry: Registry, tenant: str | None) -> Rows:
+def _devices(records: list[Any]) -> Rows:
     header = ["tenant", "device", "tier", "status", "characteristics", "updated (UTC)"]
     return header, [
         [d.tenant, d.name, d.tier, d.status, (d.characteristics_hash or "")[:12], _when(d.updated_at)]
-        for d in registry.list_devices(tenant)
+        for d in records
     ]
 
 
-def _jobs(registry: Registry, tenant: str | None) -> Rows:
+def _jobs(records: list[Any]) -> Rows:
     header = ["job", "tenant", "device", "space", "strategy", "status", "told", "best score", "updated (UTC)"]
-    return header, [_job_cells(job) for job in registry.list_jobs(tenant=tenant)]
+    return header, [_job_cells(job) for job in records]
 
 
 def _job_cells(j: JobRecord) -> list[str]:
@@ -89,15 +89,10 @@ def _job_cells(j: JobRecord) -> list[str]:
     return [j.id, j.tenant, j.device or "", j.space, j.strategy, j.status, told, best, updated]
 
 
-def _results(registry: Registry, tenant: str | None) -> Rows:
+def _results(records: list[Any]) -> Rows:
     return ["job", "arch", "score", "params", "flops"], [
-        [r.job_id, r.arch, _number(r.score), str(r.params), str(r.flops)]
-        for r in registry.list_results(tenant=tenant)
+        [r.job_id, r.arch, _number(r.score), str(r.params), str(r.flops)] for r in records
     ]
-
-
-def _reports(registry: Registry, tenant: str | None) -> Rows:
-    return _report_rows(registry.list_reports(tenant=tenant))
 
 
 def _report_rows(reports: list[ReportRecord]) -> Rows:
@@ -112,9 +107,35 @@ def _report_cells(r: ReportRecord) -> list[str]:
     return [str(r.id), r.job_id, r.device or "", r.arch, *numbers]
 
 
-LISTINGS: dict[str, Callable[[Registry, str | None], Rows]] = {
-    "tenants": _tenants, "devices": _devices, "jobs": _jobs, "results": _results, "reports": _reports,
+def _records(registry: Registry, what: str, tenant: str | None) -> list[Any]:
+    """The registry's records of one kind, of one tenant or of all."""
+    if what == "tenants":
+        return [t for t in registry.list_tenants() if tenant in (None, t.name)]
+    if what == "devices":
+        return list(registry.list_devices(tenant))
+    if what == "jobs":
+        return list(registry.list_jobs(tenant=tenant))
+    if what == "results":
+        return list(registry.list_results(tenant=tenant))
+    return list(registry.list_reports(tenant=tenant))
+
+
+LISTINGS: dict[str, Callable[[list[Any]], Rows]] = {
+    "tenants": _tenants, "devices": _devices, "jobs": _jobs, "results": _results, "reports": _report_rows,
 }  # fmt: skip
+HIDDEN_FIELDS = {"strategy_state"}  # large; `nasfleet registry export` has it
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _as_json(records: list[Any]) -> str:
+    """Every field of each record (full arch strings, unrounded numbers), as one JSON array."""
+    plain = [{k: v for k, v in dataclasses.asdict(r).items() if k not in HIDDEN_FIELDS} for r in records]
+    return json.dumps(plain, default=_json_value, allow_nan=False, indent=2)
 
 
 def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
@@ -133,10 +154,15 @@ def list_command(
         str, typer.Option("--what", click_type=click.Choice(list(LISTINGS)), help="What to list.")
     ] = "jobs",
     tenant: TenantOption = None,
+    output_format: FormatOption = "table",
 ) -> None:
-    """Print the registry's tenants, devices, jobs, results or reports as a table."""
+    """Print the registry's tenants, devices, jobs, results or reports as a table, or as JSON."""
     with open_registry(registry) as opened:
-        header, rows = LISTINGS[what](opened, tenant)
+        records = _records(opened, what, tenant)
+    if output_format == "json":
+        typer.echo(_as_json(records))
+        return
+    header, rows = LISTINGS[what](records)
     _print_table(f"{what} ({len(rows)})", header, rows)
 
 

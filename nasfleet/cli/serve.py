@@ -23,7 +23,7 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -32,6 +32,7 @@ from nasfleet.bounds import DEFAULT_REGISTRY_URL as DEFAULT_URL
 from nasfleet.cli.options import (
     BrokerOption,
     ConcurrencyOption,
+    FormatOption,
     LocalWorkersOption,
     MaxInFlightOption,
     MaxJobsPerTenantOption,
@@ -229,22 +230,27 @@ def tenants_add_key(
 @tenants_app.command("list")
 def tenants_list(
     registry: RegistryOption = DEFAULT_URL,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per tenant.")] = False,
+    output_format: FormatOption = "table",
 ) -> None:
     """Every tenant with its API keys' ids (the secret parts are never stored) and whether revoked."""
     with open_registry(registry) as store:
         tenants = store.list_tenants()
         keys = store.list_api_keys()
+    listed: list[dict[str, Any]] = []
     for tenant in tenants:
         own = [key for key in keys if key.tenant == tenant.name]
-        active = [key.key_id for key in own if not key.revoked]
-        revoked = [key.key_id for key in own if key.revoked]
-        if as_json:
-            typer.echo(json.dumps({"tenant": tenant.name, "created_at": tenant.created_at.isoformat(),
-                                   "active_keys": active, "revoked_keys": revoked}))  # fmt: skip
-        else:
-            typer.echo(f"{tenant.name}\tcreated {tenant.created_at:%Y-%m-%d %H:%M:%S}\t"
-                       f"keys {','.join(active) or '-'}\trevoked {len(revoked)}")  # fmt: skip
+        listed.append({"tenant": tenant.name, "created_at": tenant.created_at,
+                       "active_keys": [key.key_id for key in own if not key.revoked],
+                       "revoked_keys": [key.key_id for key in own if key.revoked]})  # fmt: skip
+    if output_format == "json":
+        typer.echo(
+            json.dumps([{**row, "created_at": row["created_at"].isoformat()} for row in listed], indent=2)
+        )
+        return
+    for row in listed:
+        active, revoked = ",".join(row["active_keys"]) or "-", len(row["revoked_keys"])
+        created = f"{row['created_at']:%Y-%m-%d %H:%M:%S}"
+        typer.echo(f"{row['tenant']}\tcreated {created}\tkeys {active}\trevoked {revoked}")
 
 
 @tenants_app.command("revoke-key")

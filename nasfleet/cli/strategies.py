@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import typer
+
+from nasfleet.cli.options import FormatOption
 
 strategies_app = typer.Typer(
     help="Search strategies: the built-ins and installed plug-ins.", no_args_is_help=True
@@ -23,7 +27,7 @@ def check_strategy_name(name: str) -> None:
 
 
 @strategies_app.command("list")
-def strategies_list() -> None:
+def strategies_list(output_format: FormatOption = "table") -> None:
     """Print every available strategy: name, origin (built-in or the distribution providing it), summary.
 
     A plug-in that cannot be used is left out and reported on stderr, naming its entry point.
@@ -31,10 +35,15 @@ def strategies_list() -> None:
     from nasfleet.strategies import discover_strategies
 
     entries, problems = discover_strategies()
-    rows = [("name", "origin", "description")]
-    rows += [(entry.name, entry.origin, entry.summary) for entry in entries.values()]
-    name_width, origin_width = (max(len(row[column]) for row in rows) for column in (0, 1))
-    for name, origin, summary in rows:
-        typer.echo(f"{name:<{name_width}}  {origin:<{origin_width}}  {summary}".rstrip())
+    listed = [(entry.name, entry.origin, entry.summary) for entry in entries.values()]
+    if output_format == "json":
+        typer.echo(
+            json.dumps([dict(zip(("name", "origin", "description"), row, strict=True)) for row in listed])
+        )
+    else:
+        rows = [("name", "origin", "description"), *listed]
+        name_width, origin_width = (max(len(row[column]) for row in rows) for column in (0, 1))
+        for name, origin, summary in rows:
+            typer.echo(f"{name:<{name_width}}  {origin:<{origin_width}}  {summary}".rstrip())
     for problem in problems:
         typer.echo(f"warning: {problem}", err=True)
