@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from nasfleet.cli.registry import registry_app
 from nasfleet.server.registry import (
-    DEFAULT_URL,
+    DEFAULT_REGISTRY_URL,
     SCHEMA_VERSION,
     CacheEntry,
     CacheKey,
@@ -595,7 +595,7 @@ def test_cli_registry_defaults_to_env_then_current_directory(
     monkeypatch.chdir(here)
     code, output = _cli("list", "--what", "tenants")
     assert code == 2 and "nasfleet-registry.db" in output
-    with Registry(DEFAULT_URL) as registry:
+    with Registry(DEFAULT_REGISTRY_URL) as registry:
         registry.create_tenant("local")
     code, output = _cli("list", "--what", "tenants")
     assert code == 0 and "local" in output and (here / "nasfleet-registry.db").is_file()

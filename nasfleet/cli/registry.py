@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nasfleet.bounds import DEFAULT_REGISTRY_URL as DEFAULT_URL
+from nasfleet.bounds import DEFAULT_REGISTRY_URL
 from nasfleet.cli.options import FormatOption, RegistryOption
 from nasfleet.cli.outputs import check_output, write_output
 
@@ -149,7 +149,7 @@ def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
 
 @registry_app.command("list")
 def list_command(
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = DEFAULT_REGISTRY_URL,
     what: Annotated[
         str, typer.Option("--what", click_type=click.Choice(list(LISTINGS)), help="What to list.")
     ] = "jobs",
@@ -169,7 +169,7 @@ def list_command(
 @registry_app.command("show")
 def show_command(
     job_id: Annotated[str, typer.Argument(help="The job's id, as `nasfleet registry list` prints it.")],
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = DEFAULT_REGISTRY_URL,
 ) -> None:
     """Print one job: its configuration and progress, its result and its devices' training reports."""
     with open_registry(registry) as opened:
@@ -198,7 +198,7 @@ def show_command(
 
 @registry_app.command("export")
 def export_command(
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = DEFAULT_REGISTRY_URL,
     export_format: Annotated[
         str, typer.Option("--format", click_type=click.Choice(["json"]), help="Output format.")
     ] = "json",

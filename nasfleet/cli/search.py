@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import click
 import typer
 
-from nasfleet.bounds import DEFAULT_REGISTRY_URL as DEFAULT_URL
+from nasfleet.bounds import DEFAULT_REGISTRY_URL
 from nasfleet.cli.inputs import probe_batch, space_named, train_split
 from nasfleet.cli.options import (
     MAX_COUNT,
@@ -115,7 +115,7 @@ def search(
         str, typer.Option("--aggregate", help="Fitness: an aggregate over the archive.")
     ] = "fgnas",
     tenant: Annotated[str, typer.Option("--tenant", help="Registry tenant the job belongs to.")] = "default",
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = DEFAULT_REGISTRY_URL,
     broker: BrokerOption = "",
     local_workers: LocalWorkersOption = 1,
 ) -> None:

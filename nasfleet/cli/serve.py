@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from nasfleet.bounds import DEFAULT_BROKER_URL, DEFAULT_QUEUE, MAX_BUDGET
-from nasfleet.bounds import DEFAULT_REGISTRY_URL as DEFAULT_URL
+from nasfleet.bounds import DEFAULT_BROKER_URL, DEFAULT_QUEUE, DEFAULT_REGISTRY_URL, MAX_BUDGET
 from nasfleet.cli.options import (
     BrokerOption,
     ConcurrencyOption,
@@ -63,7 +62,7 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
     broker: BrokerOption = DEFAULT_BROKER_URL,
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = DEFAULT_REGISTRY_URL,
     queue: QueueOption = DEFAULT_QUEUE,
     local_workers: LocalWorkersOption = 1,
     concurrency: ConcurrencyOption = 1,
@@ -170,7 +169,7 @@ def _signals_kept() -> Iterator[list[int]]:
 @tenants_app.command("create")
 def tenants_create(
     name: Annotated[str, typer.Argument(help="Tenant name: 1-64 characters of [A-Za-z0-9_.-].")],
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = DEFAULT_REGISTRY_URL,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Add a key if the tenant exists.")] = False,
     key_file: KeyFileOption = None,
 ) -> None:
@@ -213,7 +212,7 @@ def _issue_key(
 @tenants_app.command("add-key")
 def tenants_add_key(
     name: Annotated[str, typer.Argument(help="An existing tenant.")],
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = DEFAULT_REGISTRY_URL,
     key_file: KeyFileOption = None,
 ) -> None:
     """One more API key for an existing tenant (e.g. to rotate keys): once, on stdout or in --key-file."""
@@ -229,7 +228,7 @@ def tenants_add_key(
 
 @tenants_app.command("list")
 def tenants_list(
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = DEFAULT_REGISTRY_URL,
     output_format: FormatOption = "table",
 ) -> None:
     """Every tenant with its API keys' ids (the secret parts are never stored) and whether revoked."""
@@ -256,7 +255,7 @@ def tenants_list(
 @tenants_app.command("revoke-key")
 def tenants_revoke_key(
     key: Annotated[str, typer.Argument(help="The API key, or its id (the part after 'nfk_').")],
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = DEFAULT_REGISTRY_URL,
 ) -> None:
     """Revoke an API key at once: every later request with it is a 401."""
     with open_registry(registry) as store:

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from nasfleet.bounds import DEFAULT_BROKER_URL, DEFAULT_QUEUE
-from nasfleet.bounds import DEFAULT_REGISTRY_URL as DEFAULT_URL
+from nasfleet.bounds import DEFAULT_BROKER_URL, DEFAULT_QUEUE, DEFAULT_REGISTRY_URL
 from nasfleet.cli.options import (
     BrokerOption,
     ConcurrencyOption,
@@ -106,7 +105,7 @@ def _reachable(settings: CelerySettings, wait_s: float, stopping: list[int]) -> 
 
 def worker(
     broker: BrokerOption = DEFAULT_BROKER_URL,
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = DEFAULT_REGISTRY_URL,
     queue: QueueOption = DEFAULT_QUEUE,
     local_workers: LocalWorkersOption = 1,
     concurrency: ConcurrencyOption = 1,
@@ -185,7 +184,7 @@ def _interrupt(_signum: int, _frame: Any) -> None:
 
 def orchestrate(
     broker: BrokerOption = DEFAULT_BROKER_URL,
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = DEFAULT_REGISTRY_URL,
     queue: QueueOption = DEFAULT_QUEUE,
     local_workers: LocalWorkersOption = 1,
     concurrency: ConcurrencyOption = 1,

@@ -7,7 +7,7 @@ from typing import Annotated
 import click
 import typer
 
-from nasfleet.bounds import DEFAULT_REGISTRY_URL as DEFAULT_URL
+from nasfleet.bounds import DEFAULT_REGISTRY_URL
 from nasfleet.cli.inputs import space_named
 from nasfleet.cli.options import (
     MAX_BATCH_SIZE,
@@ -60,7 +60,7 @@ def simulate(
         bool,
         typer.Option("--shared-baseline", help="Also train one shared arch (tightest limits) per device."),
     ] = False,
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = DEFAULT_REGISTRY_URL,
     seed: SeedOption = 0,
     broker: BrokerOption = "",
     local_workers: LocalWorkersOption = 2,

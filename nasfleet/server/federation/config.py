@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from nasfleet.bounds import DEFAULT_REGISTRY_URL
 from nasfleet.protocol.messages import TrainConfig
 from nasfleet.protocol.wire import ConfigValue
-from nasfleet.server.registry import DEFAULT_URL
 from nasfleet.server.service.jobs import JobOptions
 
 
@@ -28,7 +28,7 @@ class RoundConfig:
     ask_size: int = 8
     probe_batch: int = 32
     seed: int = 0
-    registry: str = DEFAULT_URL
+    registry: str = DEFAULT_REGISTRY_URL
     train_epochs: int = 2
     train_batch_size: int = 32
     train_lr: float = 0.05

@@ -9,6 +9,7 @@ composed in `storage`.
 
 from __future__ import annotations
 
+from nasfleet.bounds import DEFAULT_REGISTRY_URL
 from nasfleet.server.registry.checks import (
     DEVICE_STATUSES,
     FINAL_JOB_STATUSES,
@@ -16,7 +17,6 @@ from nasfleet.server.registry.checks import (
     RegistryError,
     SchemaVersionError,
 )
-from nasfleet.server.registry.engines import DEFAULT_URL
 from nasfleet.server.registry.records import (
     ApiKeyRecord,
     CacheEntry,
@@ -33,7 +33,7 @@ from nasfleet.server.registry.storage import Registry
 from nasfleet.server.registry.workers import WorkerRecord
 
 __all__ = [
-    "DEFAULT_URL",
+    "DEFAULT_REGISTRY_URL",
     "DEVICE_STATUSES",
     "FINAL_JOB_STATUSES",
     "JOB_STATUSES",

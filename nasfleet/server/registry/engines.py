@@ -17,10 +17,8 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from nasfleet.bounds import DEFAULT_REGISTRY_URL
 from nasfleet.server.registry.checks import RegistryError, require
 
-DEFAULT_URL = DEFAULT_REGISTRY_URL
 BACKENDS = ("sqlite", "postgresql")
 BUSY_TIMEOUT_MS = 60_000
 QUIET = {"hide_parameters": True}  # errors and logs never show bound values: key hashes, large states

@@ -14,15 +14,16 @@ from typing import Self
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from nasfleet.bounds import DEFAULT_REGISTRY_URL
 from nasfleet.server.registry.checks import RegistryError
-from nasfleet.server.registry.engines import DEFAULT_URL, create_engines, shown_url
+from nasfleet.server.registry.engines import create_engines, shown_url
 from nasfleet.server.registry.schema import migrate
 
 
 class Sessions:
     """Opens the registry at *url* (creating or upgrading its schema) and scopes its sessions."""
 
-    def __init__(self, url: str = DEFAULT_URL) -> None:
+    def __init__(self, url: str = DEFAULT_REGISTRY_URL) -> None:
         self.url = url
         self._read, self._write = create_engines(url)
         try:

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from nasfleet.server.registry.engines import DEFAULT_URL
+from nasfleet.bounds import DEFAULT_REGISTRY_URL
 from nasfleet.server.registry.evaluations import Evaluations, read_evaluations
 from nasfleet.server.registry.jobs import Jobs, read_jobs
 from nasfleet.server.registry.results import Results, read_reports, read_results
@@ -20,7 +20,7 @@ from nasfleet.server.registry.tables import utcnow
 from nasfleet.server.registry.tenants import Tenants, read_api_keys, read_devices, read_tenants
 from nasfleet.server.registry.workers import WorkerBoard
 
-__all__ = ["DEFAULT_URL", "EXPORT_VERSION", "Registry"]
+__all__ = ["DEFAULT_REGISTRY_URL", "EXPORT_VERSION", "Registry"]
 
 EXPORT_VERSION = 1
 
@@ -31,7 +31,7 @@ class Registry(Tenants, Jobs, Evaluations, Results, WorkerBoard):
     Parameters
     ----------
     url
-        An SQLAlchemy URL: ``sqlite:///path/registry.db`` (the default, `DEFAULT_URL`, in the current
+        An SQLAlchemy URL: ``sqlite:///path/registry.db`` (the default, `DEFAULT_REGISTRY_URL`, in the current
         directory) or ``postgresql+psycopg://user@host:port/database``. Opening creates or upgrades the
         schema and raises `SchemaVersionError` for a database written by newer code.
     """

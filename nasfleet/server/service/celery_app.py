@@ -47,8 +47,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from nasfleet import checks
-from nasfleet.bounds import DEFAULT_BROKER_URL, DEFAULT_QUEUE
-from nasfleet.server.registry import DEFAULT_URL as DEFAULT_REGISTRY_URL
+from nasfleet.bounds import DEFAULT_BROKER_URL, DEFAULT_QUEUE, DEFAULT_REGISTRY_URL
 from nasfleet.server.registry import Registry
 from nasfleet.server.service.liveness import Heartbeat
 

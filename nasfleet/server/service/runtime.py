@@ -27,7 +27,7 @@ import redis
 from celery import Celery
 from kombu.utils.url import maybe_sanitize_url
 
-from nasfleet.server.registry import DEFAULT_URL as DEFAULT_REGISTRY_URL
+from nasfleet.bounds import DEFAULT_REGISTRY_URL
 from nasfleet.server.registry import Registry, ResultRecord
 from nasfleet.server.service.celery_app import (
     CelerySettings,
