@@ -260,7 +260,7 @@ def test_one_round_on_the_deployment_engine(tmp_path: Path, processes: Processes
     write_connection(cli_home, superlink_port)
     overrides = (
         f"registry={json.dumps(registry_url)} num-clients={NUM_DEVICES} budget=8 ask-size=8 probe-batch=16 "
-        "train-epochs=1 node-wait=60.0 query-timeout=120.0 train-timeout=120.0"
+        "train-epochs=1 shared-baseline=false node-wait=60.0 query-timeout=120.0 train-timeout=120.0"
     )
     submitted = flwr_cli(processes, cli_home, "run", str(APP_DIR), CONNECTION, "--run-config", overrides)
     run_id = submitted["run-id"]

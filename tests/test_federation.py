@@ -61,6 +61,7 @@ TINY = {
     "train_epochs": 1,
     "train_max_seconds": 30.0,
     "seed": 0,
+    "shared_baseline": False,
 }
 
 

@@ -51,6 +51,7 @@ RANGES = [
     ("subnet", "train_max_seconds", (1e-3, 1e6)),
     ("subnet", "train_test_fraction", (0.01, 0.9)),
     ("subnet", "train_seed", (0, 2**32 - 1)),
+    ("subnet", "train_patience", (0, 1000)),
     ("report", "accuracy", (0.0, 1.0)),
     ("report", "loss", (0.0, 1e9)),
     ("report", "train_seconds", (0.0, 1e7)),

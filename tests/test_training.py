@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nasfleet.clients.training import stratified_split, train_subnet
+from nasfleet.clients.training import VALIDATION_FRACTION, augmented, stratified_split, train_subnet
 from nasfleet.data.datasets import Dataset, load_dataset, synthetic_dataset
 from nasfleet.protocol.messages import MessageError, SubNetAssignment, TrainConfig, TrainingReport
 from nasfleet.spaces import ArchitectureError, MBV2Space, NB201Space
@@ -128,3 +128,40 @@ def test_a_malformed_assignment_is_rejected_at_the_boundary(digits: Dataset) -> 
         train_subnet(unknown, digits)
     with pytest.raises(ValueError, match="space must be a 'nb201' space, but got 'mbv2'"):
         train_subnet(_assignment(), digits, space=MBV2Space())
+
+
+def _shifts(image: torch.Tensor, pad: int) -> list[torch.Tensor]:
+    padded = torch.nn.functional.pad(image, (pad, pad, pad, pad))
+    height, width = image.shape[1:]
+    return [padded[:, y : y + height, x : x + width] for y in range(2 * pad + 1) for x in range(2 * pad + 1)]
+
+
+def test_augmentation_shifts_digits_without_mirroring_and_flips_rgb_images() -> None:
+    generator = torch.Generator().manual_seed(0)
+    digits = torch.rand(64, 1, 8, 8, generator=generator)
+    out = augmented(digits, generator)
+    assert out.shape == digits.shape
+    shifted = 0
+    for image, result in zip(digits, out, strict=True):
+        assert any(torch.equal(result, s) for s in _shifts(image, 1)), "a 1-channel image is only shifted"
+        shifted += not torch.equal(result, image)
+    assert shifted > 32
+    rgb = torch.rand(64, 3, 32, 32, generator=generator)
+    flipped = 0
+    for image, result in zip(rgb, augmented(rgb, generator), strict=True):
+        plain = any(torch.equal(result, s) for s in _shifts(image, 4))
+        mirrored = any(torch.equal(result, s.flip(dims=(2,))) for s in _shifts(image, 4))
+        assert plain or mirrored
+        flipped += mirrored and not plain
+    assert 16 < flipped < 48
+
+
+def test_patience_holds_out_a_validation_part_and_stops_early(digits: Dataset) -> None:
+    narrow = NB201Space(channels=8, cells_per_stage=1)
+    plain = train_subnet(_assignment(epochs=30, seed=3), digits, space=narrow)
+    stopped = train_subnet(_assignment(epochs=30, seed=3, patience=2), digits, space=narrow)
+    assert plain.epochs_done == 30 and 2 < stopped.epochs_done < 30
+    assert stopped.num_test == plain.num_test and stopped.num_train == plain.num_train - round(
+        VALIDATION_FRACTION * plain.num_train
+    )
+    assert stopped.accuracy > 0.8

@@ -54,12 +54,27 @@ def simulate(
         int, typer.Option("--probe-batch", min=2, max=MAX_BATCH_SIZE, help="Synthetic probe batch size.")
     ] = 32,
     train_epochs: Annotated[
-        int, typer.Option("--train-epochs", min=1, max=1000, help="Local training epochs.")
-    ] = 2,
+        int, typer.Option("--train-epochs", min=1, max=1000, help="Local training epochs (the most).")
+    ] = 20,
+    train_patience: Annotated[
+        int,
+        typer.Option(
+            "--train-patience",
+            min=0,
+            max=1000,
+            help="Stop after this many epochs without a better validation accuracy (0: never).",
+        ),
+    ] = 0,
+    augment: Annotated[
+        bool, typer.Option("--augment/--no-augment", help="Random shifts (and flips of RGB) in training.")
+    ] = False,
     shared_baseline: Annotated[
         bool,
-        typer.Option("--shared-baseline", help="Also train one shared arch (tightest limits) per device."),
-    ] = False,
+        typer.Option(
+            "--shared-baseline/--no-shared-baseline",
+            help="Also train one shared arch (tightest limits) per device.",
+        ),
+    ] = True,
     registry: RegistryOption = DEFAULT_REGISTRY_URL,
     seed: SeedOption = 0,
     broker: BrokerOption = "",
@@ -96,7 +111,8 @@ def simulate(
     devices.update({k: v for k, v in (("epsilon", epsilon), ("sketch-rank", sketch_rank)) if v is not None})
     config = RoundConfig(
         num_clients=clients, space=space, strategy=strategy, budget=budget, probe_batch=probe_batch,
-        seed=seed, registry=registry, train_epochs=train_epochs, shared_baseline=shared_baseline,
+        seed=seed, registry=registry, train_epochs=train_epochs, train_patience=train_patience,
+        train_augment=augment, shared_baseline=shared_baseline,
         broker=broker, workers=local_workers,
     )  # fmt: skip
     outcomes = run_federation(config, devices)

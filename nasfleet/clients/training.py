@@ -26,6 +26,9 @@ WEIGHT_DECAY = 5e-4
 GRAD_CLIP = 5.0
 EVAL_BATCH_SIZE = 256
 LATENCY_REPEATS = 7
+#: Early stopping's validation part of the training split, and the fewest samples it may hold.
+VALIDATION_FRACTION = 0.15
+VALIDATION_MIN = 10
 
 Indices = npt.NDArray[np.int64]
 
@@ -84,8 +87,27 @@ def _tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(dataset.images), torch.from_numpy(dataset.labels)
 
 
-def _fit(network: nn.Module, train: Dataset, config: TrainConfig) -> tuple[int, float]:
-    """SGD with a per-step cosine schedule, stopping before any batch that starts past ``max_seconds``.
+def augmented(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random shift of each image by up to 1/8 of its side (zero padding, as CIFAR's random crop with
+    padding 4 at 32x32), and a random horizontal flip of 3-channel images (digits must not be mirrored)."""
+    count, channels, height, width = images.shape
+    pad = max(1, min(height, width) // 8)
+    padded = nn.functional.pad(images, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (count,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (count,), generator=generator)
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + height, dx[i] : dx[i] + width] for i in range(count)])
+    if channels == 3:
+        flip = torch.rand(count, generator=generator) < 0.5
+        out[flip] = out[flip].flip(dims=(3,))
+    return out
+
+
+def _fit(
+    network: nn.Module, train: Dataset, config: TrainConfig, validation: Dataset | None
+) -> tuple[int, float]:
+    """SGD with a per-step cosine schedule, stopping before any batch that starts past ``max_seconds``,
+    and (with a *validation* set) after ``patience`` epochs without a better validation accuracy, keeping
+    the best epoch's weights.
 
     Returns the number of completed epochs and the training wall time in seconds. At least one batch
     is always trained, so the last batch may overrun the budget by its own duration.
@@ -99,22 +121,37 @@ def _fit(network: nn.Module, train: Dataset, config: TrainConfig) -> tuple[int, 
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs * batches_per_epoch)
     generator = torch.Generator().manual_seed(config.seed)
     loss_fn = nn.CrossEntropyLoss()
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     network.train()
-    start = time.perf_counter()
-    for epoch in range(config.epochs):
+    start, epoch = time.perf_counter(), 0
+    for epoch in range(1, config.epochs + 1):
         order = torch.randperm(len(train), generator=generator)
         for begin in range(0, len(train), config.batch_size):
             if time.perf_counter() - start > config.max_seconds:
-                return epoch, time.perf_counter() - start
+                _restore(network, best)
+                return epoch - 1, time.perf_counter() - start
             batch = order[begin : begin + config.batch_size]
             if batch.numel() < 2 <= len(train):
                 continue  # train-mode batch norm fails on one sample once a feature map is 1x1
+            inputs = augmented(images[batch], generator) if config.augment else images[batch]
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(network(images[batch]), labels[batch]).backward()
+            loss_fn(network(inputs), labels[batch]).backward()
             nn.utils.clip_grad_norm_(network.parameters(), GRAD_CLIP)
             optimizer.step()
             schedule.step()
-    return config.epochs, time.perf_counter() - start
+        if validation is not None:
+            accuracy = evaluate(network, validation)[0]
+            if best is None or accuracy > best[0]:
+                best = (accuracy, epoch, {k: v.detach().clone() for k, v in network.state_dict().items()})
+            elif epoch - best[1] >= config.patience:
+                break
+    _restore(network, best)
+    return epoch, time.perf_counter() - start
+
+
+def _restore(network: nn.Module, best: tuple[float, int, dict[str, torch.Tensor]] | None) -> None:
+    if best is not None:
+        network.load_state_dict(best[2])
 
 
 def evaluate(network: nn.Module, dataset: Dataset) -> tuple[float, float]:
@@ -170,10 +207,14 @@ def train_subnet(
     config = assignment.train
     train_index, test_index = stratified_split(dataset.labels, config.test_fraction, config.seed)
     train, test = dataset.subset(train_index), dataset.subset(test_index)
+    validation = None
+    if config.patience > 0 and len(train) >= 2 * VALIDATION_MIN:
+        fit_index, val_index = stratified_split(train.labels, VALIDATION_FRACTION, config.seed + 1)
+        train, validation = train.subset(fit_index), train.subset(val_index)
     with torch.random.fork_rng(devices=[]):  # seed the weights without disturbing the caller's stream
         torch.manual_seed(config.seed)
         network = space.build(arch, assignment.num_classes, assignment.input_shape)
-    epochs_done, seconds = _fit(network, train, config)
+    epochs_done, seconds = _fit(network, train, config, validation)
     accuracy, loss = evaluate(network, test)
     if not math.isfinite(loss):
         raise TrainingError(f"the held-out loss must be finite, but got {loss} (training diverged)")

@@ -63,6 +63,12 @@ def integer(scalars: Mapping[str, Any], field: str, low: int, high: int) -> int:
     return check_integer(field, scalars.get(field), low, high)
 
 
+def flag(scalars: Mapping[str, Any], field: str) -> bool:
+    value = scalars.get(field)
+    require(isinstance(value, bool), field, "a boolean", value)
+    return bool(value)
+
+
 def number(
     scalars: Mapping[str, Any], field: str, low: float, high: float, *, open_low: bool = False
 ) -> float:

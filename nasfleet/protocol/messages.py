@@ -23,6 +23,7 @@ import numpy.typing as npt
 from nasfleet.bounds import MAX_COUNT
 from nasfleet.protocol.checks import MessageError as MessageError  # re-exported: the boundary's error
 from nasfleet.protocol.checks import (
+    flag,
     identifier,
     integer,
     known_keys,
@@ -258,7 +259,12 @@ class ResourceConstraints:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The device's short local-training budget for a delivered SubNet."""
+    """The device's local-training budget for a delivered SubNet.
+
+    ``epochs`` is the most epochs trained; with ``patience`` > 0 a stratified validation part of the
+    training split stops training after that many epochs without a better validation accuracy and keeps
+    the best epoch's weights. ``augment`` adds random shifts (and horizontal flips on 3-channel images).
+    """
 
     epochs: int = 1
     batch_size: int = 32
@@ -266,6 +272,8 @@ class TrainConfig:
     max_seconds: float = 60.0
     test_fraction: float = 0.2
     seed: int = 0
+    patience: int = 0
+    augment: bool = False
 
 
 @dataclass(frozen=True)
@@ -275,7 +283,8 @@ class SubNetAssignment:
     Ranges checked by `from_wire`: ``space`` an identifier ([a-z][a-z0-9_]{0,31}, never a path);
     ``train_epochs`` in [1, 1000]; ``train_batch_size`` in [1, 4096]; ``train_learning_rate`` in
     [1e-8, 10]; ``train_max_seconds`` in [1e-3, 1e6]; ``train_test_fraction`` in [0.01, 0.9];
-    ``train_seed`` in [0, 2**32 - 1]; ``num_classes`` and ``input_shape`` as in `DataCharacteristics`.
+    ``train_seed`` in [0, 2**32 - 1]; ``train_patience`` in [0, 1000]; ``train_augment`` a boolean;
+    ``num_classes`` and ``input_shape`` as in `DataCharacteristics`.
     """
 
     job_id: str
@@ -299,6 +308,7 @@ class SubNetAssignment:
             number(scalars, "train_learning_rate", *LEARNING_RATE),
             number(scalars, "train_max_seconds", *TRAIN_SECONDS),
             number(scalars, "train_test_fraction", 0.01, 0.9), integer(scalars, "train_seed", 0, MAX_SEED),
+            integer(scalars, "train_patience", 0, 1000), flag(scalars, "train_augment"),
         )  # fmt: skip
         return cls(
             text(scalars, "job_id"), identifier(scalars, "space"), text(scalars, "arch", 2000),
@@ -307,7 +317,8 @@ class SubNetAssignment:
 
 
 _SUBNET = ("job_id", "space", "arch", "num_classes", "input_shape", "train_epochs", "train_batch_size",
-           "train_learning_rate", "train_max_seconds", "train_test_fraction", "train_seed")  # fmt: skip
+           "train_learning_rate", "train_max_seconds", "train_test_fraction", "train_seed",
+           "train_patience", "train_augment")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ search exactly where it stopped.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -152,10 +152,19 @@ class SearchLoop:
         self.history: list[HistoryEntry] = []
         self.told = 0
         self.seconds = {"strategy": 0.0, "aggregation": 0.0}  # this process's share of the search
+        #: Replaces the config's aggregate as the fitness when set: a personalized search ranks by its
+        #: device model from its second round on (`nasfleet.personalization`).
+        self.rank: Callable[[Archive], np.ndarray] | None = None
 
     @property
     def done(self) -> bool:
         return self.strategy.done
+
+    def fitness(self) -> np.ndarray:
+        """Every archive member's current fitness: `rank`'s if set, else the config's aggregate."""
+        if self.rank is not None:
+            return np.asarray(self.rank(self.archive), dtype=float)
+        return self.archive.fitness(self.config.aggregate, self.config.labeled)
 
     def begin_step(self) -> Step:
         """Ask and check (step 1); the step's new archs (in ask order, once each) still need raw values."""
@@ -172,7 +181,7 @@ class SearchLoop:
         for arch, genome in step.new.items():
             self.archive.add(genome, evaluations[arch], len(self.history) + 1)
         with timed(self.seconds, "aggregation"):
-            fitness = self.archive.fitness(self.config.aggregate, self.config.labeled)
+            fitness = self.fitness()
         with timed(self.seconds, "strategy"):
             self.strategy.tell(
                 list(step.genomes), [float(fitness[self.archive.index[a]]) for a in step.archs]
@@ -188,7 +197,7 @@ class SearchLoop:
         """The archive member with the highest final aggregate, and that aggregate."""
         if not self.history:
             raise SearchError(f"strategy {self.strategy.name!r} must not be done before any evaluation")
-        fitness = self.archive.fitness(self.config.aggregate, self.config.labeled)
+        fitness = self.fitness()
         best = int(np.argmax(fitness))
         return self.archive.evaluations[best], float(fitness[best])
 
@@ -229,7 +238,7 @@ class SearchLoop:
     ) -> SearchResult:
         """The search as `SearchResult` reports it; *recorded* evaluations (seconds, cache flags) replace
         the archive's where the driver kept better records than the values it handed to `finish_step`."""
-        fitness = self.archive.fitness(self.config.aggregate, self.config.labeled)
+        fitness = self.fitness()
         members = [(recorded or {}).get(e.arch, e) for e in self.archive.evaluations]
         archive = tuple(
             ArchiveEntry(e.arch, self.archive.raw(i), float(fitness[i]), e.seconds, self.archive.steps[i])

@@ -29,14 +29,16 @@ class RoundConfig:
     probe_batch: int = 32
     seed: int = 0
     registry: str = DEFAULT_REGISTRY_URL
-    train_epochs: int = 2
+    train_epochs: int = 20
+    train_patience: int = 0
+    train_augment: bool = False
     train_batch_size: int = 32
     train_lr: float = 0.05
     train_max_seconds: float = 60.0
     node_wait: float = 60.0
     query_timeout: float = 120.0
     train_timeout: float = 600.0
-    shared_baseline: bool = False
+    shared_baseline: bool = True
     broker: str = ""
     workers: int = 2
 
@@ -54,5 +56,11 @@ class RoundConfig:
     @property
     def train(self) -> TrainConfig:
         return TrainConfig(
-            self.train_epochs, self.train_batch_size, self.train_lr, self.train_max_seconds, seed=self.seed
+            self.train_epochs,
+            self.train_batch_size,
+            self.train_lr,
+            self.train_max_seconds,
+            seed=self.seed,
+            patience=self.train_patience,
+            augment=self.train_augment,
         )

@@ -1,0 +1,136 @@
+"""NB201 closed loop with simulated device reports (issue 14): a fleet of three devices whose tasks are
+``cifar10_test``, ``cifar100_test`` and ``imagenet16_test``, each with its own search, sent SubNets and
+reports answered by `BenchmarkDevice` (the table's accuracy plus seed-to-seed noise, every read counted).
+
+Per seed, one JSON file under ``--out`` (a finished seed is skipped, so the run resumes):
+
+- ``loop``: per device and round, the reports and zero-cost evaluations so far and its SubNet;
+- ``zero_cost``: the plain zero-cost search (same strategy, budget and probe, no reports): one arch,
+  the same for every device, since the probe batch does not depend on the task;
+- ``shared``: per round, the one arch the fleet would share: the best report of all devices'
+  reports, each standardized by its device's mean and spread.
+
+Only `summarize.py` reads the ground truth to *measure* the archs; nothing here reads it except
+through the devices' counted reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "search"))
+
+from run import JsonlCache  # noqa: E402  (the search study's persistent proxy-value cache)
+
+from nasfleet.data.datasets import load_dataset  # noqa: E402
+from nasfleet.personalization import BenchmarkDevice, LoopSettings, read_table, run_fleet  # noqa: E402
+from nasfleet.personalization.model import Observation, standardized  # noqa: E402
+from nasfleet.proxies.probe import ProbeBatch  # noqa: E402
+from nasfleet.search import SearchConfig, make_strategy, run_search  # noqa: E402
+from nasfleet.spaces import get_space  # noqa: E402
+
+TASKS = ("cifar10_test", "cifar100_test", "imagenet16_test")
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def shared_arch(reports: list[dict[str, Any]], upto: int) -> str | None:
+    """The fleet's one arch after round *upto*: the best standardized report of every device's reports."""
+    seen = [Observation(r["device"], r["arch"], r["accuracy"], 0.0) for r in reports if r["round"] <= upto]
+    if not seen:
+        return None
+    return seen[int(np.argmax(standardized(seen)))].arch
+
+
+def run_seed(seed: int, args: argparse.Namespace, batch: ProbeBatch, cache: JsonlCache) -> dict[str, Any]:
+    space = get_space("nb201")
+    config = SearchConfig("nb201", args.strategy, args.budget, seed, args.ask, scoring_seed=args.probe_seed)
+    started = time.perf_counter()
+    plain = run_search(space, make_strategy(space, config, batch), batch, config, progress=False, cache=cache)
+    log(f"seed {seed}: zero-cost search done ({time.perf_counter() - started:.0f} s), {plain.best_arch}")
+    tables = {task: read_table(args.table, task) for task in TASKS}
+    tables = {task: read_table(args.table, task) for task in TASKS}
+    sources = {
+        task: BenchmarkDevice(task, task, tables[task], budget=args.reports, seed=1000 * seed + i)
+        for i, task in enumerate(TASKS)
+    }
+    settings = LoopSettings(
+        rounds=args.reports, first_budget=args.first, round_budget=args.ask,
+        fleet_weight=args.fleet_weight, kappa=args.kappa,
+    )  # fmt: skip
+    runs = run_fleet(space, sources, batch, config, settings, tenant="bench", cache=cache)
+    reports = [
+        {"device": r.device, "arch": r.arch, "accuracy": r.accuracy, "round": r.round}
+        for run in runs.values()
+        for r in run.reports
+    ]
+    log(f"seed {seed}: closed loop done ({time.perf_counter() - started:.0f} s)")
+    return {
+        "seed": seed,
+        "settings": vars(settings),
+        "config": config.to_dict(),
+        "zero_cost": {"arch": plain.best_arch, "evaluations": plain.evaluations},
+        "loop": {
+            name: {
+                "reads": sources[name].reads,
+                "noise": sources[name].noise,
+                "rounds": [vars(record) for record in run.rounds],
+            }
+            for name, run in runs.items()
+        },
+        "reports": reports,
+        "shared": {str(n): shared_arch(reports, n) for n in range(1, args.reports + 1)},
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--strategy", default="evolution")
+    parser.add_argument("--budget", type=int, default=300, help="Zero-cost evaluations per device.")
+    parser.add_argument("--first", type=int, default=200, help="Zero-cost evals before round 1.")
+    parser.add_argument("--ask", type=int, default=8, help="Archs per step; also each later round's evals.")
+    parser.add_argument("--reports", type=int, default=20, help="Rounds, one report per device each.")
+    parser.add_argument("--fleet-weight", type=float, default=1.0)
+    parser.add_argument("--kappa", type=float, default=0.0)
+    parser.add_argument("--probe-seed", type=int, default=0)
+    parser.add_argument("--table", type=Path, default=SHARED / "nas-bench-201" / "nb201-accuracy-200ep.csv")
+    cache = HERE.parent / "search" / "cache" / "nb201-cifar10-b64-p0-labeled.jsonl"
+    parser.add_argument("--cache", type=Path, default=cache, help="The search study's proxy-value cache.")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "nb201")
+    args = parser.parse_args(argv)
+    batch = ProbeBatch.from_dataset(load_dataset("cifar10", "train"), 64, args.probe_seed, True)
+    names = SearchConfig("nb201", "random", 1).proxy_names
+    probe = {
+        "space": "nb201", "data": "cifar10", "split": "train", "batch_size": 64,
+        "probe_seed": args.probe_seed, "scoring_seed": args.probe_seed, "labeled": True,
+        "proxies": list(names), "device": "cpu",
+    }  # fmt: skip
+    cache = JsonlCache(args.cache, probe)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        path = args.out / f"seed-{seed}.json"
+        if path.exists():
+            log(f"seed {seed}: done before ({path.name})")
+            continue
+        log(f"seed {seed}: start, cache {len(cache)} archs")
+        payload = run_seed(seed, args, batch, cache)
+        payload["command"] = " ".join(["python", *sys.argv])
+        path.with_suffix(".tmp").write_text(json.dumps(payload, indent=1) + "\n")
+        path.with_suffix(".tmp").replace(path)
+
+
+if __name__ == "__main__":
+    main()

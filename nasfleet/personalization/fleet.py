@@ -1,0 +1,181 @@
+"""The closed loop for a fleet: rounds of zero-cost search, SubNets sent, reports back, a per-device model
+that drives the next round's search.
+
+Each device has its own search (`SearchLoop`: its strategy, archive and limits). A round is:
+
+1. **search**: the device's search takes zero-cost steps, ``first_budget`` evaluations in round 1 and
+   ``round_budget`` in each later round, until its budget is spent. Round 1 ranks by the zero-cost
+   aggregate; from round 2 on the device's model ranks (`DeviceModel.predict`), so the reports steer
+   where the strategy looks next;
+2. **send**: the ``per_round`` candidates of highest acquisition the device was not yet sent: its
+   archive's members and the archs the rest of the fleet reported;
+3. **report**: the device trains each and reports (`Report`, checked by `check_report`);
+4. **fit**: every device's model is refitted to all reports of the fleet (its own with weight 1, the
+   others' with ``fleet_weight``).
+
+A device's SubNet after any round is the one it reported best; before any report it is the zero-cost
+best. Rounds are synchronous: every device searches, then every device reports, then all models refit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from nasfleet.personalization.model import DeviceModel, Observation, priors
+from nasfleet.personalization.reports import Report, ReportError, check_report
+from nasfleet.proxies.probe import ProbeBatch
+from nasfleet.search.config import SearchConfig, SearchError
+from nasfleet.search.local import LocalScorer, ProxyCache, feasibility, make_strategy
+from nasfleet.search.loop import Archive, SearchLoop
+from nasfleet.spaces import SearchSpace
+
+
+class ReportSource(Protocol):
+    """A device that trains what it is sent and reports: a real client, or `BenchmarkDevice`."""
+
+    name: str
+    tenant: str
+
+    def report(self, arch: str, round: int = 1) -> Report: ...
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How a fleet's closed loop runs; see the module docstring."""
+
+    rounds: int = 10
+    per_round: int = 1
+    first_budget: int = 200
+    round_budget: int = 8
+    fleet_weight: float = 1.0
+    kappa: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "per_round", "first_budget", "round_budget"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= (0 if name == "round_budget" else 1)):
+                low = 0 if name == "round_budget" else 1
+                raise ValueError(f"{name} must be an integer >= {low}, but got {value!r}")
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One device after one round: reports and zero-cost evaluations so far, its SubNet and its report."""
+
+    round: int
+    reports: int
+    evaluations: int
+    arch: str
+    reported: float | None
+
+
+@dataclass
+class DeviceRun:
+    """One device's search, model, what it was sent, what it reported, and its record per round."""
+
+    source: ReportSource
+    loop: SearchLoop
+    scorer: LocalScorer
+    model: DeviceModel
+    sent: list[str] = field(default_factory=list)
+    reports: list[Report] = field(default_factory=list)
+    rounds: list[RoundRecord] = field(default_factory=list)
+    error: str = ""
+
+    def zero_cost_priors(self) -> dict[str, float]:
+        """Every archive member's zero-cost prior: its rank under the aggregate in this archive."""
+        archive, config = self.loop.archive, self.loop.config
+        return dict(priors(archive.archs, archive.fitness(config.aggregate, config.labeled)))
+
+    def subnet(self, fleet: Sequence[Observation]) -> tuple[str, float | None]:
+        """The SubNet this device would get now: of every arch the fleet reported, the one its model
+        predicts best here (and its own report of it, if any); before any report, the zero-cost best."""
+        if not fleet:
+            prior = self.zero_cost_priors()
+            return max(prior, key=lambda arch: prior[arch]), None
+        mean, _ = self.model.predict([o.arch for o in fleet], [o.prior for o in fleet])
+        best = fleet[int(np.argmax(mean))].arch
+        own = [r.accuracy for r in self.reports if r.arch == best]
+        return best, own[0] if own else None
+
+
+def model_rank(run: DeviceRun) -> Callable[[Archive], np.ndarray]:
+    """The fitness a device's search ranks by from round 2 on: its model's mean over the archive."""
+
+    def rank(archive: Archive) -> np.ndarray:
+        prior = run.zero_cost_priors()
+        return run.model.predict(archive.archs, [prior[a] for a in archive.archs])[0]
+
+    return rank
+
+
+def search_until(run: DeviceRun, evaluations: int) -> None:
+    """Step the device's search until it has told *evaluations* archs or spent its budget."""
+    loop = run.loop
+    while not loop.done and loop.told < evaluations:
+        step = loop.begin_step()
+        loop.finish_step(step, run.scorer(step.new))
+
+
+def send(run: DeviceRun, count: int, taken: set[str]) -> list[tuple[str, float]]:
+    """The *count* archive members of highest acquisition that no device of the fleet was sent yet
+    (*taken*, which grows by the choice), with their priors: a fleet spreads its reports."""
+    prior = run.zero_cost_priors()
+    archs = [a for a in prior if a not in taken]
+    if not archs:
+        return []
+    score = run.model.acquisition(archs, [prior[a] for a in archs])
+    chosen = [archs[int(i)] for i in np.argsort(-score, kind="stable")[:count]]
+    run.sent.extend(chosen)
+    taken.update(chosen)
+    return [(arch, prior[arch]) for arch in chosen]
+
+
+def run_fleet(
+    space: SearchSpace,
+    sources: Mapping[str, ReportSource],
+    batch: ProbeBatch,
+    config: SearchConfig,
+    settings: LoopSettings,
+    *,
+    tenant: str,
+    cache: ProxyCache | None = None,
+) -> dict[str, DeviceRun]:
+    """The closed loop for every device in *sources* (one search each, all with *config*); see the module
+    docstring. A device whose report is refused (`check_report`) is left out of the later rounds, with
+    the reason in its ``error``; its refused report is not used, and the other devices go on.
+    """
+    if config.budget < settings.first_budget:
+        raise SearchError(f"budget must be >= first_budget ({settings.first_budget}), got {config.budget}")
+    runs: dict[str, DeviceRun] = {}
+    for name, source in sources.items():
+        strategy = make_strategy(space, config, batch)
+        loop = SearchLoop(space, strategy, feasibility(space, config, batch), config)
+        model = DeviceModel(space, name, fleet_weight=settings.fleet_weight, kappa=settings.kappa)
+        runs[name] = DeviceRun(source, loop, LocalScorer(loop, batch, 1, cache), model)
+    observations: list[Observation] = []
+    for number in range(1, settings.rounds + 1):
+        for run in runs.values():
+            if not run.error:
+                search_until(run, settings.first_budget + (number - 1) * settings.round_budget)
+        fresh, taken = [], {o.arch for o in observations}
+        for name, run in runs.items():
+            for arch, prior in [] if run.error else send(run, settings.per_round, taken):
+                try:
+                    report = check_report(run.source.report(arch, number), tenant, run.sent)
+                except ReportError as error:  # this device only; nothing of its round is kept
+                    run.error = f"round {number}: {error}"
+                    break
+                run.reports.append(report)
+                fresh.append(Observation(name, arch, report.accuracy, prior))
+        observations.extend(fresh)
+        for run in runs.values():
+            run.model.fit(observations)
+            run.loop.rank = model_rank(run)
+            arch, reported = run.subnet(observations)
+            run.rounds.append(RoundRecord(number, len(run.reports), run.loop.told, arch, reported))
+    return runs
