@@ -561,12 +561,30 @@ def test_cli_show_and_its_errors(tmp_path: Path) -> None:
     assert code == 0, output
     assert all(part in output for part in (job.id, "nb201", "evaluations stored", "a|b", "0.875", "phone-1"))
     code, output = _cli("show", "0" * 32, "--registry", url)
-    assert code == 1 and "JOB_ID must be the id of a registered job, but got '000" in output
+    assert code == 1 and "JOB_ID must be the id of a registered job or its prefix, but got '000" in output
     code, output = _cli("list", "--registry", url, "--what", "secrets")
     assert code == 2 and "secrets" in output
     code, output = _cli("list", "--registry", f"sqlite:///{tmp_path / 'missing.db'}")
     assert code == 2 and "does not exist" in output
     assert not (tmp_path / "missing.db").exists()
+
+
+def test_cli_show_takes_a_unique_prefix_and_prints_json(tmp_path: Path) -> None:
+    url, job = _filled(tmp_path)
+    with Registry(url) as registry:  # 17 jobs in all: two of them share a first hex digit
+        ids = [job.id] + [_job(registry).id for _ in range(16)]
+    code, output = _cli("show", job.id[:6].upper(), "--registry", url, "--format", "json")
+    assert code == 0, output
+    document = json.loads(output)
+    assert document["job"]["id"] == job.id and document["evaluations_stored"] == 2
+    assert document["result"]["arch"] == "a|b" and [r["accuracy"] for r in document["reports"]] == [0.875]
+    assert "strategy_state" not in document["job"]
+    shared = next(first for first in "0123456789abcdef" if sum(i.startswith(first) for i in ids) > 1)
+    code, output = _cli("show", shared, "--registry", url)
+    count = sum(i.startswith(shared) for i in ids)
+    assert code == 1 and "must be a unique prefix" in output and f"starts {count} job ids" in output
+    code, output = _cli("show", "", "--registry", url)
+    assert code == 1 and "or its prefix, but got ''" in output
 
 
 def test_cli_exports_json_atomically(tmp_path: Path) -> None:

@@ -166,18 +166,45 @@ def list_command(
     _print_table(f"{what} ({len(rows)})", header, rows)
 
 
+def resolve_job_id(registry: Registry, text: str) -> str:
+    """The id of the one job whose id starts with *text* (a full id or a unique prefix)."""
+    prefix = text.strip().lower()
+    found = [job.id for job in registry.list_jobs() if prefix and job.id.startswith(prefix)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise click.ClickException(
+            f"JOB_ID must be the id of a registered job or its prefix, but got {text!r}"
+        )
+    shown = ", ".join(job_id[:12] for job_id in found[:5]) + (", ..." if len(found) > 5 else "")
+    raise click.ClickException(
+        f"JOB_ID must be a unique prefix, but {text!r} starts {len(found)} job ids ({shown}): type more of it"
+    )
+
+
 @registry_app.command("show")
 def show_command(
-    job_id: Annotated[str, typer.Argument(help="The job's id, as `nasfleet registry list` prints it.")],
+    job_id: Annotated[
+        str, typer.Argument(help="The job's id, as `nasfleet registry list` prints it, or a unique prefix.")
+    ],
     registry: RegistryOption = DEFAULT_REGISTRY_URL,
+    output_format: FormatOption = "table",
 ) -> None:
     """Print one job: its configuration and progress, its result and its devices' training reports."""
     with open_registry(registry) as opened:
+        job_id = resolve_job_id(opened, job_id)
         job = opened.get_job(job_id)
-        if job is None:
-            raise click.ClickException(f"JOB_ID must be the id of a registered job, but got {job_id!r}")
+        assert job is not None
         result, reports = opened.get_result(job_id), opened.list_reports(job_id=job_id)
         evaluations = len(opened.evaluations(job_id))
+    if output_format == "json":
+        document = {
+            "job": json.loads(_as_json([job]))[0], "evaluations_stored": evaluations,
+            "result": json.loads(_as_json([result]))[0] if result is not None else None,
+            "reports": json.loads(_as_json(reports)),
+        }  # fmt: skip
+        typer.echo(json.dumps(document, indent=2, allow_nan=False))
+        return
     fields: dict[str, Any] = {
         "job": job.id, "tenant": job.tenant, "device": job.device, "status": job.status,
         "space": job.space, "strategy": job.strategy, "strategy config": json.dumps(job.strategy_config),
