@@ -39,6 +39,7 @@ from nasfleet.clients.app import ERROR_BAD_MESSAGE, make_client_app
 from nasfleet.clients.device import assign_tiers
 from nasfleet.protocol import messages
 from nasfleet.protocol.wire import MAX_JSON_CHARS, QUERY, TRAIN, pack, unpack
+from nasfleet.search.loop import archive_fitness
 from nasfleet.server.federation.app import make_server_app, parse_query_reply
 from nasfleet.server.federation.config import RoundConfig
 from nasfleet.server.federation.round import DeviceOutcome, RoundRecorder
@@ -62,6 +63,7 @@ TINY = {
     "train_max_seconds": 30.0,
     "seed": 0,
     "shared_baseline": False,
+    "rounds": 2,
 }
 
 
@@ -162,14 +164,35 @@ def test_the_registry_holds_tenant_devices_jobs_evaluations_results_and_reports(
         assert all(e["values"] and all(math.isfinite(v) for v in e["values"].values()) for e in evaluations)
         [result] = healthy.rows("results", job_id=job["id"])
         assert result["arch"] == job["best_arch"] and result["arch"] in archs
-        [report] = healthy.rows("reports", job_id=job["id"])
+        report, later = healthy.rows("reports", job_id=job["id"])  # round 1, then round 2
         assert report["device"] == job["device"] and report["arch"] == result["arch"]
+        assert later["device"] == job["device"] and later["arch"] in archs and later["arch"] != result["arch"]
         assert 0.0 <= report["accuracy"] <= 1.0 and math.isfinite(report["loss"])
         assert report["num_train"] > 0 and report["num_test"] > 0 and report["train_seconds"] > 0
         assert report["latency_ms_measured"] > 0
         outcome = outcomes[job["device"]]
         assert outcome.report is not None and report["accuracy"] == pytest.approx(outcome.report.accuracy)
-    assert len(export["reports"]) == 3 and len(export["results"]) == 3
+    assert len(export["reports"]) == 6 and len(export["results"]) == 3
+
+
+def test_round_two_trains_the_archive_member_the_model_chooses_and_the_best_report_wins(
+    healthy: Round,
+) -> None:
+    """One report per device in round 1 says nothing relative, so round 2's model is the zero-cost prior:
+    each device trains the second best of its own archive by the job's aggregate."""
+    space = get_space("nb201")
+    for outcome in healthy.outcomes:
+        assert outcome.report is not None and len(outcome.refinements) == 1
+        evaluations = healthy.rows("evaluations", job_id=outcome.job_id)
+        archs = [e["arch"] for e in evaluations]
+        values = {name: [e["values"][name] for e in evaluations] for name in evaluations[0]["values"]}
+        fitness = archive_fitness(archs, values, "fgnas", True)
+        ranked = [archs[i] for i in np.argsort(-fitness, kind="stable")]
+        assert outcome.report.arch == ranked[0] and outcome.refinements[0].arch == ranked[1]
+        best = max(outcome.trained, key=lambda r: r.accuracy)
+        assert outcome.best == best
+        cost = space.cost(space.decode(best.arch), DIGITS_CLASSES, DIGITS_SHAPE)
+        assert outcome.cost == (cost.params, cost.flops)
 
 
 def test_every_subnet_meets_its_devices_constraints(healthy: Round) -> None:
@@ -189,8 +212,9 @@ def test_every_subnet_meets_its_devices_constraints(healthy: Round) -> None:
             assert cost.params * 4 <= limits.max_memory_mb * 2**20, "float32 weights fit the memory"
             assert cost.flops <= limits.max_flops
             assert profile.predict_latency_ms(cost.flops) <= limits.max_latency_ms
-        [report] = healthy.rows("reports", job_id=job["id"])
-        assert report["latency_ms_predicted"] == pytest.approx(profile.predict_latency_ms(result["flops"]))
+        for report in healthy.rows("reports", job_id=job["id"]):
+            cost = space.cost(space.decode(report["arch"]), DIGITS_CLASSES, DIGITS_SHAPE)
+            assert report["latency_ms_predicted"] == pytest.approx(profile.predict_latency_ms(cost.flops))
 
 
 def test_the_searches_ran_as_jobs_scored_by_celery_workers(healthy: Round) -> None:

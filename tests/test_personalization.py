@@ -26,6 +26,7 @@ from nasfleet.personalization import (
     read_table,
     run_fleet,
 )
+from nasfleet.personalization.model import priors
 from nasfleet.proxies.probe import ProbeBatch
 from nasfleet.search import SearchConfig
 from nasfleet.spaces import NB201Space, get_space
@@ -185,7 +186,8 @@ def test_a_fleet_runs_rounds_spreads_its_reports_and_lets_the_model_drive_the_se
         expected = run.model.predict(archive.archs, [prior[a] for a in archive.archs])[0]
         assert run.loop.rank is not None and np.allclose(run.loop.fitness(), expected)
         assert not np.allclose(run.loop.fitness(), archive.fitness("fgnas", True))
-        assert run.rounds[-1].arch in {o for r in runs.values() for o in r.sent}
+        best = max(run.reports, key=lambda r: r.accuracy)
+        assert (run.rounds[-1].arch, run.rounds[-1].reported) == (best.arch, best.accuracy)
 
 
 class LyingDevice(BenchmarkDevice):
@@ -203,3 +205,16 @@ def test_a_refused_report_drops_only_that_device_and_is_not_used() -> None:
     assert runs["liar"].error == "round 1: accuracy must be finite, but got nan"
     assert runs["liar"].reports == [] and runs["liar"].loop.told == 8
     assert runs["good"].error == "" and len(runs["good"].reports) == 2 and runs["good"].loop.told == 12
+
+
+def test_one_report_per_device_says_nothing_relative_so_the_model_stays_the_prior() -> None:
+    archs = list(every_cell())
+    fleet = [Observation(f"d{i}", archs[i], 0.5 + 0.1 * i, 0.5) for i in range(3)]
+    model = DeviceModel(SPACE, "d0").fit(fleet)
+    assert model.regressor is None
+    assert model.predict(archs[:2], [0.3, 0.7])[0].tolist() == [0.3, 0.7]
+
+
+def test_priors_rank_the_best_first_and_break_ties_by_order() -> None:
+    ranked = priors(["a", "b", "c", "d"], np.array([0.2, 0.9, 0.2, 0.5]))
+    assert ranked == {"b": 1.0, "d": 0.75, "a": 0.5, "c": 0.25}

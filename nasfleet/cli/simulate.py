@@ -36,6 +36,16 @@ def simulate(
     partition_spec: Annotated[
         str, typer.Option("--partition", help="iid | dirichlet:ALPHA | shards:K")
     ] = "dirichlet:0.5",
+    rounds: Annotated[
+        int,
+        typer.Option(
+            "--rounds",
+            min=1,
+            max=100,
+            help="Rounds: round 1 trains the searched SubNet; each later round one more, chosen "
+            "by the device's model of the fleet's reports.",
+        ),
+    ] = 2,
     space: SpaceOption = "nb201",
     strategy: StrategyOption = "evolution",
     budget: BudgetOption = 24,
@@ -110,7 +120,8 @@ def simulate(
     }
     devices.update({k: v for k, v in (("epsilon", epsilon), ("sketch-rank", sketch_rank)) if v is not None})
     config = RoundConfig(
-        num_clients=clients, space=space, strategy=strategy, budget=budget, probe_batch=probe_batch,
+        num_clients=clients, rounds=rounds, space=space, strategy=strategy, budget=budget,
+        probe_batch=probe_batch,
         seed=seed, registry=registry, train_epochs=train_epochs, train_patience=train_patience,
         train_augment=augment, shared_baseline=shared_baseline,
         broker=broker, workers=local_workers,

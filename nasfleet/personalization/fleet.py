@@ -19,7 +19,7 @@ best. Rounds are synchronous: every device searches, then every device reports, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -91,16 +91,13 @@ class DeviceRun:
         archive, config = self.loop.archive, self.loop.config
         return dict(priors(archive.archs, archive.fitness(config.aggregate, config.labeled)))
 
-    def subnet(self, fleet: Sequence[Observation]) -> tuple[str, float | None]:
-        """The SubNet this device would get now: of every arch the fleet reported, the one its model
-        predicts best here (and its own report of it, if any); before any report, the zero-cost best."""
-        if not fleet:
-            prior = self.zero_cost_priors()
-            return max(prior, key=lambda arch: prior[arch]), None
-        mean, _ = self.model.predict([o.arch for o in fleet], [o.prior for o in fleet])
-        best = fleet[int(np.argmax(mean))].arch
-        own = [r.accuracy for r in self.reports if r.arch == best]
-        return best, own[0] if own else None
+    def subnet(self) -> tuple[str, float | None]:
+        """The SubNet this device would get now: the one it reported best, else the zero-cost best."""
+        if self.reports:
+            best = max(self.reports, key=lambda r: r.accuracy)  # the first of equal reports
+            return best.arch, best.accuracy
+        prior = self.zero_cost_priors()
+        return max(prior, key=lambda arch: prior[arch]), None
 
 
 def model_rank(run: DeviceRun) -> Callable[[Archive], np.ndarray]:
@@ -176,6 +173,6 @@ def run_fleet(
         for run in runs.values():
             run.model.fit(observations)
             run.loop.rank = model_rank(run)
-            arch, reported = run.subnet(observations)
+            arch, reported = run.subnet()
             run.rounds.append(RoundRecord(number, len(run.reports), run.loop.told, arch, reported))
     return runs

@@ -12,7 +12,8 @@ fitted to reports. The device's own reports have weight 1; the reports of the te
 enter with ``fleet_weight`` (the fleet prior), each device's accuracies standardized by its own mean
 and spread first, since devices differ in task and difficulty. The regressor is scikit-learn's
 `BayesianRidge`, which also gives a predictive spread for the acquisition (an upper confidence bound,
-mean + ``kappa`` x std). With no report at all the model is the zero-cost prior itself.
+mean + ``kappa`` x std). Until the reports say something relative (no report, or one per device, whose
+standardized value is 0), the model is the zero-cost prior itself.
 """
 
 from __future__ import annotations
@@ -79,9 +80,13 @@ class DeviceModel:
         if len(used) < 2:
             self.regressor = None
             return self
+        targets = standardized(used)
+        if np.ptp(targets) < 1e-12:  # e.g. one report per device: nothing relative to learn yet
+            self.regressor = None
+            return self
         x = self._features([o.arch for o in used], [o.prior for o in used])
         weights = np.array([1.0 if o.device == self.device else self.fleet_weight for o in used])
-        self.regressor = BayesianRidge().fit(x, standardized(used), sample_weight=weights)
+        self.regressor = BayesianRidge().fit(x, targets, sample_weight=weights)
         return self
 
     def predict(self, archs: Sequence[str], priors: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +109,8 @@ class DeviceModel:
 
 
 def priors(archs: Sequence[str], fitness: np.ndarray) -> Mapping[str, float]:
-    """Each arch's zero-cost prior: its normalized rank in (0, 1] under *fitness* (higher is better)."""
-    order = np.argsort(np.argsort(fitness, kind="stable"), kind="stable")
-    return {arch: float(rank + 1) / len(archs) for arch, rank in zip(archs, order, strict=True)}
+    """Each arch's zero-cost prior: its normalized rank in (0, 1] under *fitness* (higher is better; of
+    equal values, the earlier arch ranks higher, as the search's best does)."""
+    order = np.argsort(-np.asarray(fitness, dtype=float), kind="stable")
+    size = len(archs)
+    return {archs[int(i)]: (size - k) / size for k, i in enumerate(order)}

@@ -3,8 +3,9 @@
 Query every node for its characteristics, constraints and profile; register each device under its
 tenant and submit its personalized search job; run all the round's jobs at once through the orchestrator
 and Celery workers (`RoundRecorder.search`: embedded by default, distributed when ``broker`` is set);
-send each device its SubNet in a ``train`` message; collect the training reports; record everything in
-the registry. A node that does not answer in time or answers with an error is recorded with that status,
+send each device its SubNet in a ``train`` message; collect the training reports; in rounds 2..R let the
+reports choose what each device trains next (`refine`); record everything in the registry. A node that
+does not answer in time or answers with an error is recorded with that status,
 and the round goes on for the others; so does a device whose search fails.
 
 With ``shared-baseline`` the round also searches *one* architecture for the whole fleet: data-agnostic
@@ -16,7 +17,7 @@ personalization buys. It is one more job, run once the devices' jobs are done.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -32,6 +33,7 @@ from nasfleet.protocol.messages import (
 )
 from nasfleet.protocol.wire import QUERY, TRAIN, pack, unpack
 from nasfleet.server.federation.config import RoundConfig
+from nasfleet.server.federation.refine import refine
 from nasfleet.server.federation.round import DeviceOutcome, RoundRecorder
 from nasfleet.server.registry import ResultRecord
 
@@ -108,22 +110,52 @@ def train_round(
 
 
 def _attach_report(outcome: DeviceOutcome, reply: Message | None, shared: bool) -> None:
-    if reply is None or reply.has_error():
-        reason = "no training report in time" if reply is None else f"device error: {reply.error.reason}"
-        outcome.fail("timeout" if reply is None else "error", reason)
-        return
-    try:
-        report = unpack(reply.content, "report", TrainingReport)
-    except MessageError as error:
-        outcome.fail("error", f"malformed training report: {error}")
-        return
-    except Exception as error:  # one device's reply never aborts the round for the others
-        outcome.fail("error", f"unreadable training report: {_reason(error)}")
+    report = _read_report(outcome, reply)
+    if report is None:
         return
     if shared:
         outcome.shared_report = report
     else:
         outcome.report = report
+
+
+def _read_report(
+    outcome: DeviceOutcome, reply: Message | None, arch: str | None = None
+) -> TrainingReport | None:
+    """The device's training report, or None after failing the device with the reason (a missing or
+    malformed reply, or with *arch* given, a report on another SubNet than the one sent)."""
+    if reply is None or reply.has_error():
+        reason = "no training report in time" if reply is None else f"device error: {reply.error.reason}"
+        outcome.fail("timeout" if reply is None else "error", reason)
+        return None
+    try:
+        report = unpack(reply.content, "report", TrainingReport)
+    except MessageError as error:
+        outcome.fail("error", f"malformed training report: {error}")
+        return None
+    except Exception as error:  # one device's reply never aborts the round for the others
+        outcome.fail("error", f"unreadable training report: {_reason(error)}")
+        return None
+    if arch is not None and report.arch != arch:
+        outcome.fail(
+            "error", f"training report arch must be the SubNet sent ({arch}), but got {report.arch[:200]}"
+        )
+        return None
+    return report
+
+
+def train_chosen(
+    grid: Grid, outcomes: Sequence[DeviceOutcome], chosen: Mapping[int, str], config: RoundConfig
+) -> dict[int, TrainingReport]:
+    """Send each device in *chosen* (node id -> arch) that SubNet under its own job; its checked reports."""
+    by_node = {o.node: o for o in outcomes if o.node in chosen}
+    contents = {
+        node: pack(RecordDict(), "subnet", assignment(o, o.job_id, chosen[node], config))
+        for node, o in by_node.items()
+    }
+    replies = exchange(grid, contents, TRAIN, config.train_timeout)
+    reports = {node: _read_report(o, replies.get(node), chosen[node]) for node, o in by_node.items()}
+    return {node: report for node, report in reports.items() if report is not None}
 
 
 def run_round(grid: Grid, config: RoundConfig, recorder: RoundRecorder) -> list[DeviceOutcome]:
@@ -138,6 +170,13 @@ def run_round(grid: Grid, config: RoundConfig, recorder: RoundRecorder) -> list[
             outcome.fail("error", f"could not register the device or submit its search: {_reason(error)}")
     results, shared = recorder.search(outcomes, config)
     train_round(grid, outcomes, results, config, shared if shared in results else None)
+    refine(
+        outcomes,
+        results,
+        config,
+        recorder.registry,
+        lambda chosen: train_chosen(grid, outcomes, chosen, config),
+    )
     recorder.finish(outcomes, results)
     return outcomes
 

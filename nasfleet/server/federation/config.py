@@ -22,6 +22,7 @@ class RoundConfig:
     """
 
     num_clients: int = 4
+    rounds: int = 2
     space: str = "nb201"
     strategy: str = "evolution"
     budget: int = 24

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from rich.console import Console
@@ -52,7 +52,20 @@ class DeviceOutcome:
     job_id: str = ""
     report: TrainingReport | None = None
     shared_report: TrainingReport | None = None
+    refinements: list[TrainingReport] = field(default_factory=list)
+    cost: tuple[int, int] | None = None  # the SubNet's (params, FLOPs)
     predicted_latency_ms: float | None = None
+    predicted: dict[str, float] = field(default_factory=dict)  # arch -> predicted latency (ms)
+
+    @property
+    def trained(self) -> list[TrainingReport]:
+        """Every report on the device's own SubNets: round 1's, then the later rounds'."""
+        return ([self.report] if self.report is not None else []) + self.refinements
+
+    @property
+    def best(self) -> TrainingReport | None:
+        """The report of the device's SubNet at the end: the one it reported best (the first of ties)."""
+        return max(self.trained, key=lambda r: r.accuracy, default=None)
 
     @property
     def ok(self) -> bool:
@@ -64,6 +77,17 @@ class DeviceOutcome:
 
     def fail(self, status: str, reason: str) -> None:
         self.status, self.error = status, reason
+
+    def predict(self, arch: str, flops: int) -> float | None:
+        """*arch*'s latency on this device as its profile predicts it (remembered for its reports)."""
+        if self.profile is None:
+            return None
+        self.predicted[arch] = self.profile.predict_latency_ms(flops)
+        return self.predicted[arch]
+
+    def settle(self, arch: str, params: int, flops: int) -> None:
+        """The device's SubNet: its cost and predicted latency."""
+        self.cost, self.predicted_latency_ms = (params, flops), self.predict(arch, flops)
 
 
 class RoundRecorder:
@@ -199,8 +223,8 @@ class RoundRecorder:
                 result = self._result(outcome.job_id)
                 if result is None:
                     outcome.fail("error", f"search failed: {self._failure(outcome.job_id)}")
-                elif outcome.profile is not None:
-                    outcome.predicted_latency_ms = outcome.profile.predict_latency_ms(result.flops)
+                else:
+                    outcome.settle(result.arch, result.params, result.flops)
 
     def _result(self, job_id: str) -> ResultRecord | None:
         record = self.registry.get_job(job_id)
@@ -217,11 +241,12 @@ class RoundRecorder:
         self.outcomes = list(outcomes)
         for outcome in outcomes:
             device = outcome.identity.device if outcome.identity else None
-            for report in (outcome.report, outcome.shared_report):
+            for report in (*outcome.trained, outcome.shared_report):
                 if report is None:
                     continue
                 try:
-                    self.registry.add_report(report_record(report, device, outcome.predicted_latency_ms))
+                    predicted = outcome.predicted.get(report.arch)
+                    self.registry.add_report(report_record(report, device, predicted))
                 except RegistryError as error:  # this device's report only; the others are still stored
                     outcome.fail("error", f"its training report could not be stored: {error}")
             if not outcome.ok and outcome.identity is not None:
@@ -276,6 +301,7 @@ def summary_table(outcomes: Sequence[DeviceOutcome], results: Mapping[str, Resul
         "params",
         "MFLOPs",
         "latency pred/meas ms",
+        "round-1 acc",
         "local acc",
         "shared acc",
     )
@@ -288,17 +314,19 @@ def summary_table(outcomes: Sequence[DeviceOutcome], results: Mapping[str, Resul
             if c is None
             else f"{_num(c.effective_max_params())} / {_num(c.max_flops, 1e6)} / {_num(c.max_latency_ms)}"
         )
-        meas = o.report.latency_ms if o.report else None
+        best = o.best
+        meas = best.latency_ms if best else None
         table.add_row(
             o.name,
             o.profile.tier if o.profile else "-",
             o.status if o.ok else f"{o.status}: {o.error}",
             limits,
-            result.arch if result else "-",
-            _num(result.params if result else None),
-            _num(result.flops if result else None, 1e6),
+            best.arch if best else result.arch if result else "-",
+            _num(o.cost[0] if o.cost else None),
+            _num(o.cost[1] if o.cost else None, 1e6),
             f"{_num(o.predicted_latency_ms)} / {_num(meas)}",
             _num(o.report.accuracy if o.report else None),
+            _num(best.accuracy if best else None),
             _num(o.shared_report.accuracy if o.shared_report else None),
         )
     return table
