@@ -385,16 +385,43 @@ class TestRegistryContract:
     def test_reports_round_trip(self, registry: Registry) -> None:
         job = _job(registry)
         registry.upsert_device("acme", "phone-2", tier="phone")
+        registry.add_evaluations(job.id, [_evaluation("a|b"), _evaluation("c")])
+        registry.set_result(ResultRecord(job.id, "a|b", 0.5, {"synflow": 1.0}, 3, 4))
         sent = ReportRecord(
             job.id, "a|b", 0.9, 0.3, 12.5, 800, 200, latency_ms_predicted=4.0, latency_ms_measured=4.5
         )
         stored = registry.add_report(sent)
         assert stored.device == "phone-1" and stored.id is not None and stored.created_at is not None
         assert replace(stored, id=None, created_at=None, device=None) == sent
-        other = registry.add_report(ReportRecord(job.id, "c", 0.5, 1.0, 3.0, 10, 5, device="phone-2"))
-        assert other.device == "phone-2"
-        assert registry.list_reports(job_id=job.id) == [stored, other]
+        later = registry.add_report(ReportRecord(job.id, "c", 0.5, 1.0, 3.0, 10, 5, device="phone-1"))
+        assert later.device == "phone-1" and later.arch == "c", "a later round's report on a scored arch"
+        assert registry.list_reports(job_id=job.id) == [stored, later]
         assert registry.list_reports(tenant="beta") == []
+
+    def test_a_report_the_job_cannot_have_asked_for_is_refused_and_nothing_is_stored(
+        self, registry: Registry
+    ) -> None:
+        job = _job(registry)
+        registry.upsert_device("acme", "phone-2", tier="phone")
+        _job(registry, tenant="beta", device="tablet")
+        unfinished = ReportRecord(job.id, "a|b", 0.9, 0.3, 1.0, 8, 2)
+        with pytest.raises(RegistryError, match=r"^arch must be a SubNet job \w+ can have sent"):
+            registry.add_report(unfinished)  # no result yet
+        registry.add_evaluations(job.id, [_evaluation("a|b")])
+        registry.set_result(ResultRecord(job.id, "a|b", 0.5, {"synflow": 1.0}, 3, 4))
+        refused = [
+            (ReportRecord(job.id, "never-scored", 0.9, 0.3, 1.0, 8, 2), "arch must be a SubNet job"),
+            (ReportRecord(job.id, "a|b", math.nan, 0.3, 1.0, 8, 2), "accuracy must be"),
+            (ReportRecord(job.id, "a|b", 1.5, 0.3, 1.0, 8, 2), "accuracy must be"),
+            (ReportRecord(job.id, "a|b", 0.9, 0.3, 1.0, 8, 2, device="phone-2"),
+             "device must be the device job"),
+            (ReportRecord(job.id, "a|b", 0.9, 0.3, 1.0, 8, 2, device="tablet"),
+             "device must be a registered device of tenant 'acme'"),
+        ]  # fmt: skip
+        for report, message in refused:
+            with pytest.raises(RegistryError, match=f"^{re.escape(message)}"):
+                registry.add_report(report)
+        assert registry.list_reports() == []
 
     def test_api_keys_are_stored_hashed(self, registry: Registry, url: str) -> None:
         registry.create_tenant("acme")

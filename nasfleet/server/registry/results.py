@@ -27,7 +27,16 @@ from nasfleet.server.registry.jobs import update_job_row
 from nasfleet.server.registry.records import ReportRecord, ResultRecord
 from nasfleet.server.registry.rows import device_row, insert, job_row
 from nasfleet.server.registry.sessions import Sessions
-from nasfleet.server.registry.tables import DeviceRow, JobRow, ReportRow, ResultRow, TenantRow, as_utc, utcnow
+from nasfleet.server.registry.tables import (
+    DeviceRow,
+    EvaluationRow,
+    JobRow,
+    ReportRow,
+    ResultRow,
+    TenantRow,
+    as_utc,
+    utcnow,
+)
 
 
 class Results(Sessions):
@@ -57,15 +66,32 @@ class Results(Sessions):
             return read_results(session, tenant=tenant)
 
     def add_report(self, report: ReportRecord) -> ReportRecord:
-        """Store a device's training report; returns it with its id, device and time filled in."""
+        """Store a device's training report; returns it with its id, device and time filled in.
+
+        Refused (a `RegistryError` naming the field, the rule and the value; nothing is stored): values out of
+        range, a job with no result, an arch the job cannot have sent (neither its result nor an arch it
+        scored), a device not of the job's tenant, or another device than the one the job searched for.
+        """
         values = _report_values(report)
         with self._session(write=True) as session:
             job = job_row(session, report.job_id)
+            result = session.get(ResultRow, job.id)
+            evaluated = select(EvaluationRow.id).where(
+                EvaluationRow.job_id == job.id, EvaluationRow.arch == report.arch
+            )
+            sent = result is not None and (
+                report.arch == result.arch or session.exec(evaluated).first() is not None
+            )
+            require(sent, "arch", f"a SubNet job {job.id} can have sent (its result or an arch it scored)",
+                    report.arch)  # fmt: skip
             device_id = job.device_id
             if report.device is not None:
                 tenant = session.get_one(TenantRow, job.tenant_id)
                 device_name = check_name("device", report.device, DEVICE_NAME_LENGTH)
                 device_id = device_row(session, tenant, device_name).id
+                require(job.device_id in (None, device_id), "device",
+                        f"the device job {job.id} searched for (or any, for a fleet's shared job)",
+                        report.device)  # fmt: skip
             row = ReportRow(device_id=device_id, public_id=uuid.uuid4().hex, **values)
             session.add(row)
             session.flush()
