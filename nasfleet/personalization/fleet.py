@@ -7,8 +7,8 @@ Each device has its own search (`SearchLoop`: its strategy, archive and limits).
    ``round_budget`` in each later round, until its budget is spent. Round 1 ranks by the zero-cost
    aggregate; from round 2 on the device's model ranks (`DeviceModel.predict`), so the reports steer
    where the strategy looks next;
-2. **send**: the ``per_round`` candidates of highest acquisition the device was not yet sent: its
-   archive's members and the archs the rest of the fleet reported;
+2. **send**: the ``per_round`` archive members of highest acquisition that no device of the fleet was
+   sent yet (the fleet spreads its reports; the others' reports reach each model as the fleet prior);
 3. **report**: the device trains each and reports (`Report`, checked by `check_report`);
 4. **fit**: every device's model is refitted to all reports of the fleet (its own with weight 1, the
    others' with ``fleet_weight``).
@@ -55,10 +55,9 @@ class LoopSettings:
     kappa: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("rounds", "per_round", "first_budget", "round_budget"):
+        for name, low in (("rounds", 1), ("per_round", 1), ("first_budget", 1), ("round_budget", 0)):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value >= (0 if name == "round_budget" else 1)):
-                low = 0 if name == "round_budget" else 1
+            if not (isinstance(value, int) and value >= low):
                 raise ValueError(f"{name} must be an integer >= {low}, but got {value!r}")
 
 
