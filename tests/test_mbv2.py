@@ -72,7 +72,7 @@ def test_decode_of_encode_is_canonical_for_raw_genomes(space: MBV2Space) -> None
         ("x1.0-d2,2,2,2,2,2-e3.3,3.3,3.3,3.3,3.3,3.3-k3.3,3.3,3.3,3.3,3.3,3.3", "must start with 'w'"),
         (
             "w0.6-d2,2,2,2,2,2-e3.3,3.3,3.3,3.3,3.3,3.3-k3.3,3.3,3.3,3.3,3.3,3.3",
-            "width must be one of 0.5, 0.75, 1.0",
+            "width must be one of 0.25, 0.5, 0.75, 1.0",
         ),
         ("w1-d2,2,2,2,2,2-e3.3,3.3,3.3,3.3,3.3,3.3-k3.3,3.3,3.3,3.3,3.3,3.3", "but got '1'"),
         ("w1.0-d2,2,2,2,2-e3.3,3.3,3.3,3.3,3.3-k3.3,3.3,3.3,3.3,3.3", "depths must be 6 values"),
@@ -121,8 +121,8 @@ def test_genomes_differing_only_in_inactive_genes_are_equal(space: MBV2Space) ->
 def test_validate_rejects_bad_genomes(space: MBV2Space) -> None:
     with pytest.raises(ArchitectureError, match="55 genes"):
         space.validate((0,) * 10)
-    with pytest.raises(ArchitectureError, match=r"gene 0 must lie in \[0, 3\)"):
-        space.validate((3,) + (0,) * 54)
+    with pytest.raises(ArchitectureError, match=r"gene 0 must lie in \[0, 4\)"):
+        space.validate((4,) + (0,) * 54)
 
 
 def test_operators_are_deterministic_under_a_seed_and_valid(space: MBV2Space) -> None:
@@ -164,7 +164,7 @@ def test_vector_round_trip(space: MBV2Space) -> None:
     for genome in _samples(space, 100, seed=4):
         vector = space.to_vector(genome)
 
-        assert vector.shape == (space.vector_size,) == (3 + 6 * 3 + 48 * 3,)
+        assert vector.shape == (space.vector_size,) == (4 + 6 * 3 + 48 * 3,)
         assert space.from_vector(vector) == genome
 
 
@@ -255,7 +255,7 @@ def test_cost_rejects_bad_input_shape(space: MBV2Space) -> None:
     [({"kernels": (3, 4)}, "kernels must be distinct odd integers"), ({"depths": ()}, "depths must be")],
 )
 def test_invalid_configuration_is_reported_on_use(kwargs: dict[str, tuple[int, ...]], message: str) -> None:
-    space = MBV2Space(**kwargs)
+    space = MBV2Space(**kwargs)  # type: ignore[arg-type]
 
     with pytest.raises(ValueError, match=message):
         space.sample(np.random.default_rng(0))
@@ -268,3 +268,53 @@ def test_other_configurations_work() -> None:
     assert len(space.choices) == 1 + 6 + 2 * 6 * 2
     assert space.decode(space.encode(genome)) == genome
     assert space.cost(genome) == count_cost(space.build(genome), (3, 32, 32))
+
+
+# -- the head and the tiers (revision 2) -------------------------------------------------------------------
+LEGACY = {"widths": (0.5, 0.75, 1.0), "scale_head": False}  # revision 1's defaults
+
+
+@pytest.mark.parametrize(
+    ("options", "heads"),
+    [
+        ({}, [320, 640, 960, 1280]),
+        (LEGACY, [1280, 1280, 1280]),
+        ({"widths": (1.4,), "scale_head": False}, [1792]),
+    ],
+)
+def test_the_head_scales_with_the_width_unless_scale_head_is_off(
+    options: dict[str, object], heads: list[int]
+) -> None:
+    space = MBV2Space(**options)  # type: ignore[arg-type]
+    genome = _samples(space, 1)[0]
+    found = [space.plan((w, *genome[1:]), (3, 32, 32)).head_channels for w in range(len(space.widths))]
+    networks = [space.build((w, *genome[1:])).classifier.in_features for w in range(len(space.widths))]
+
+    assert found == networks == heads
+
+
+def test_revision_1_defaults_are_the_legacy_options_and_their_costs_stay_exact() -> None:
+    legacy = MBV2Space(**LEGACY)  # type: ignore[arg-type]
+    cheapest = legacy.cheapest(10, (1, 8, 8))
+
+    assert legacy.encode(cheapest) == "w0.5-d2,2,2,2,2,2-e3.3,3.3,3.3,3.3,3.3,3.3-k3.3,3.3,3.3,3.3,3.3,3.3"
+    assert legacy.cost(cheapest, 10, (1, 8, 8)).params == 546_770  # the figure of issue 16
+    for index, genome in enumerate(_samples(legacy, 4, seed=21)):
+        input_shape, num_classes = COST_CASES[index % len(COST_CASES)]
+        model = legacy.build(genome, num_classes, input_shape)
+        assert legacy.cost(genome, num_classes, input_shape) == count_cost(model, input_shape)
+    assert MBV2Space.revision == 2
+
+
+def test_the_cheapest_arch_is_the_all_smallest_one_and_no_sample_is_cheaper(space: MBV2Space) -> None:
+    cheapest = space.cheapest(10, (1, 8, 8))
+    floor = space.cost(cheapest, 10, (1, 8, 8))
+
+    assert cheapest == _uniform(space, 0, 0, 0, 0)
+    assert (floor.params, floor.flops) == (117_362, 479_210)
+    assert all(space.cost(g, 10, (1, 8, 8)).params > floor.params for g in _samples(space, 50, seed=22))
+
+
+def test_scale_head_must_be_a_bool() -> None:
+    with pytest.raises(ValueError, match="mbv2: scale_head must be true or false, but got 'yes'"):
+        _ = MBV2Space(scale_head="yes").choices  # type: ignore[arg-type]

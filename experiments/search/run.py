@@ -211,10 +211,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# The published mbv2 run and its cache used the mbv2 space's revision-1 defaults (widths 0.5-1.0, a
+# 1280-channel head); they are pinned so that cached values keep their meaning (nasfleet/spaces/mbv2.py).
+PINNED_SPACE_OPTIONS: dict[str, dict[str, Any]] = {"mbv2": {"widths": (0.5, 0.75, 1.0), "scale_head": False}}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     labeled = not args.unlabeled
-    space = get_space(args.space)
+    space = get_space(args.space, PINNED_SPACE_OPTIONS.get(args.space))
     dataset = load_dataset(args.data, "train")
     batch = ProbeBatch.from_dataset(dataset, args.batch_size, args.probe_seed, labeled)
     constraints = SearchLimits(max_params=args.max_params, max_flops=args.max_flops)

@@ -58,5 +58,5 @@ def revised(names: Iterable[str]) -> dict[str, int]:
 
 
 def get_proxy(name: str) -> Proxy:
-    """A fresh instance of the proxy called ``name``."""
+    """A fresh instance of the proxy registered as ``name`` (`nasfleet.proxies.get_proxy` finds plug-ins)."""
     return PROXIES.create(name)

@@ -9,6 +9,7 @@ the classes. Each architecture is scored by `nasfleet.proxies.scorer` (one share
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from nasfleet.bounds import DEVICES
+from nasfleet.plugins import PluginWarning
 from nasfleet.progress import progress as progress_display
 from nasfleet.proxies.aggregate import AGGREGATES, get_aggregate
 from nasfleet.proxies.base import PROXIES, Proxy, ProxyError
+from nasfleet.proxies.discovery import load_proxy_plugins
 from nasfleet.proxies.probe import ProbeBatch
 from nasfleet.proxies.scorer import SCORER_THREADS, ScoringJob, score_here, score_in_pool, scorer_context
 from nasfleet.spaces import Genome, SearchSpace
@@ -44,8 +47,19 @@ ALL = "all"
 
 
 # -- names -----------------------------------------------------------------------------------------------
+def _load_plugins(name: str | None = None) -> None:
+    """Enter the installed proxy plug-ins into `PROXIES`: an error if the one called ``name`` is broken,
+    a `PluginWarning` for each other broken one."""
+    for problem in load_proxy_plugins():
+        if problem.name == name:
+            raise ProxyError(str(problem))
+        warnings.warn(str(problem), PluginWarning, stacklevel=3)
+
+
 def _kind(name: str) -> str:
     """``"proxy"`` or ``"aggregate"``; a name both registries hold, or neither, is an error."""
+    if name not in PROXIES and name not in AGGREGATES:
+        _load_plugins(name)  # built-in names never pay for the scan
     if name in PROXIES and name in AGGREGATES:
         raise ProxyError(f"name {name!r} must belong to a proxy or an aggregate, but both registries hold it")
     if name in PROXIES:
@@ -96,6 +110,7 @@ def expand_names(spec: str, labeled: bool) -> tuple[tuple[str, ...], tuple[str, 
     aggregates: dict[str, None] = {}
     for name in names:
         if name == ALL:
+            _load_plugins()
             requested = [n for n in [*sorted(PROXIES), *sorted(AGGREGATES)] if _computable(n, labeled)]
         else:
             requested = [name]

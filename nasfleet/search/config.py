@@ -10,7 +10,7 @@ from typing import Any
 from nasfleet import checks
 from nasfleet.proxies.base import ProxyError
 from nasfleet.proxies.engine import expand_names
-from nasfleet.spaces import SPACES
+from nasfleet.spaces import space_names
 from nasfleet.strategies.base import SearchLimits
 
 
@@ -51,7 +51,7 @@ class SearchConfig:
     scoring_seed: int | None = None
 
     def __post_init__(self) -> None:
-        require(self.space in SPACES, "space", f"one of {sorted(SPACES)}", self.space)
+        require(self.space in (names := space_names()), "space", f"one of {names}", self.space)
         require(isinstance(self.strategy, str) and bool(self.strategy), "strategy", "a name", self.strategy)
         require(is_int(self.budget) and self.budget >= 1, "budget", "an integer >= 1", self.budget)
         require(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0", self.seed)

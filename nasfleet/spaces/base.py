@@ -51,6 +51,9 @@ class SearchSpace(ABC):
     """Contract of a search space: genome layout, canonical strings, builder and exact cost."""
 
     name: ClassVar[str]
+    #: Bumped whenever a change of definition (or of a default option) changes the network an existing
+    #: arch string denotes: cached proxy values are keyed on it, so they are never reused across the change.
+    revision: ClassVar[int] = 1
 
     @property
     @abstractmethod
@@ -77,6 +80,30 @@ class SearchSpace(ABC):
     @abstractmethod
     def cost(self, arch: Genome, num_classes: int = 10, input_shape: InputShape = (3, 32, 32)) -> Cost:
         """Exact parameter and FLOP (multiply-accumulate) counts, without building the network."""
+
+    def cheapest(self, num_classes: int = 10, input_shape: InputShape = (3, 32, 32)) -> Genome:
+        """The architecture of least cost, (params, FLOPs) in that order, found by coordinate descent.
+
+        From the all-zero genome, each pass sets every gene in turn to its cheapest option given the
+        others, until a pass changes nothing. Exact when each gene's cheapest option does not depend on the
+        others, as in both built-in spaces (narrowest width, fewest blocks, smallest expansion and kernel;
+        the ``none`` op); a space where it does should override this, since errors call it the cheapest.
+        """
+
+        def key(arch: Genome) -> tuple[int, int]:
+            cost = self.cost(arch, num_classes, input_shape)
+            return cost.params, cost.flops
+
+        best = self.canonical((0,) * len(self.choices))
+        best_key, changed = key(best), True
+        while changed:
+            changed = False
+            for index, options in enumerate(self.choices):
+                for option in range(options):
+                    candidate = self.canonical((*best[:index], option, *best[index + 1 :]))
+                    if candidate != best and (candidate_key := key(candidate)) < best_key:
+                        best, best_key, changed = candidate, candidate_key, True
+        return best
 
     def canonical(self, arch: Genome) -> Genome:
         """The representative genome of ``arch``'s network; spaces with inactive genes override this."""

@@ -5,11 +5,20 @@ channels), six searchable stages of MBConv blocks (1x1 expand, BN, ReLU6; depthw
 1x1 project, BN; a residual when the stride is 1 and the channels match) with MobileNetV2's widths
 24, 32, 64, 96, 160, 320, then a 1x1 conv head (BN, ReLU6), global average pooling and a linear
 classifier. Every channel count is scaled by the width multiplier and rounded to a multiple of 8 as
-MobileNetV2 does; the head keeps 1280 channels for multipliers up to 1 (MobileNetV2 and OFA do too).
+MobileNetV2 does, the head's 1280 too when ``scale_head`` is true (the default): at width 0.25 the head
+has 320 channels and the cheapest arch 117,362 parameters (1x8x8, 10 classes), within the micro tier.
+``scale_head=False`` is MobileNetV2's paper, torchvision's and OFA's convention: 1280 channels for every
+multiplier up to 1, scaled only above it; the head and classifier then hold 220,170 of the 546,770
+parameters of the cheapest width-0.5 arch.
+
+Revision 2 (``revision``) changed the defaults to widths (0.25, 0.5, 0.75, 1.0) and ``scale_head=True``;
+revision 1 is ``MBV2Space(widths=(0.5, 0.75, 1.0), scale_head=False)``. Arch strings are unchanged, so a
+width-0.5 or 0.75 string now names a narrower head: cached proxy values are keyed on the revision, and a
+result stored before the change rebuilds its network only with the revision-1 options.
 Weights are initialised as torchvision's MobileNetV2 does; there is no dropout, so a forward pass is
 deterministic.
 
-Genome (55 genes with the defaults), in segment order:
+Genome (55 genes with the defaults; the width gene has 4 options since revision 2), in segment order:
 
 - ``width``: 1 gene, index into ``widths``;
 - ``depth``: 6 genes, index into ``depths`` for each stage;
@@ -157,10 +166,11 @@ def _init_weights(model: nn.Module) -> None:
 
 
 @functools.cache
-def _channels(multiplier: float) -> tuple[int, int, tuple[int, ...], int]:
+def _channels(multiplier: float, scale_head: bool) -> tuple[int, int, tuple[int, ...], int]:
     """Stem, first-block, per-stage and head channels at a width multiplier (cached: plans are hot)."""
     stages = tuple(make_divisible(channels * multiplier) for channels, _ in STAGES)
-    head = make_divisible(HEAD_CHANNELS * max(1.0, multiplier))  # MobileNetV2 never narrows the head
+    # MobileNetV2 (and torchvision) never narrow the head below 1280; scale_head narrows it with the rest.
+    head = make_divisible(HEAD_CHANNELS * (multiplier if scale_head else max(1.0, multiplier)))
     return (
         make_divisible(STEM_CHANNELS * multiplier),
         make_divisible(FIRST_BLOCK_CHANNELS * multiplier),
@@ -171,7 +181,11 @@ def _channels(multiplier: float) -> tuple[int, int, tuple[int, ...], int]:
 
 @functools.cache
 def _config_choices(
-    widths: tuple[float, ...], depths: tuple[int, ...], expansions: tuple[int, ...], kernels: tuple[int, ...]
+    widths: tuple[float, ...],
+    depths: tuple[int, ...],
+    expansions: tuple[int, ...],
+    kernels: tuple[int, ...],
+    scale_head: bool,
 ) -> tuple[int, ...]:
     """Validate a space's configuration, stored unchecked by its constructor, and return its ``choices``.
 
@@ -186,6 +200,8 @@ def _config_choices(
     for name, values, rule, ok in rules:
         if not (ok and values and len(set(values)) == len(values)):
             raise ValueError(f"mbv2: {name} must be distinct {rule}, but got {values}")
+    if not isinstance(scale_head, bool):
+        raise ValueError(f"mbv2: scale_head must be true or false, but got {scale_head!r}")
     blocks = len(STAGES) * max(depths)
     return (
         (len(widths),) + (len(depths),) * len(STAGES) + (len(expansions),) * blocks + (len(kernels),) * blocks
@@ -203,18 +219,21 @@ class MBV2Space(SearchSpace):
     """MobileNetV2-style macro space: width, per-stage depth, per-block expansion ratio and kernel size."""
 
     name = "mbv2"
+    revision = 2  # 2: defaults widths (0.25, 0.5, 0.75, 1.0) and scale_head=True (see the module's docstring)
 
     def __init__(
         self,
-        widths: Sequence[float] = (0.5, 0.75, 1.0),
+        widths: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
         depths: Sequence[int] = (2, 3, 4),
         expansions: Sequence[int] = (3, 4, 6),
         kernels: Sequence[int] = (3, 5, 7),
+        scale_head: bool = True,
     ) -> None:
         self.widths = tuple(widths)
         self.depths = tuple(depths)
         self.expansions = tuple(expansions)
         self.kernels = tuple(kernels)
+        self.scale_head = scale_head
 
     @property
     def slots(self) -> int:
@@ -228,7 +247,7 @@ class MBV2Space(SearchSpace):
 
     @property
     def choices(self) -> tuple[int, ...]:
-        return _config_choices(self.widths, self.depths, self.expansions, self.kernels)
+        return _config_choices(self.widths, self.depths, self.expansions, self.kernels, self.scale_head)
 
     @property
     def segments(self) -> tuple[Segment, ...]:
@@ -307,7 +326,7 @@ class MBV2Space(SearchSpace):
     def plan(self, arch: Genome, input_shape: InputShape) -> NetworkPlan:
         """Channels, strides and spatial sizes of every layer of ``arch``'s network for ``input_shape``."""
         genome = self.validate(arch)
-        stem_channels, c_in, stage_channels, head = _channels(self.widths[genome[0]])
+        stem_channels, c_in, stage_channels, head = _channels(self.widths[genome[0]], self.scale_head)
         stem_stride, height, width = _downsample(input_shape[1], input_shape[2], 2, STEM_STRIDE_MIN_SIZE)
         positions = height * width
         blocks = [BlockSpec(stem_channels, c_in, 1, 3, 1, positions, positions)]

@@ -100,6 +100,49 @@ class Feasibility:
             and self.latency_model(arch) > limits.max_latency_ms
         )
 
+    def describe(self, arch: Genome) -> str:
+        """``arch``'s string, cost (and predicted latency) on this device's data, and the limits it breaks."""
+        cost, limits = self.cost(arch), self.constraints
+        measured: list[tuple[str, float, float | None]] = [
+            ("params", cost.params, limits.max_params),
+            ("FLOPs", cost.flops, limits.max_flops),
+        ]
+        if self.latency_model is not None:
+            measured.append(("ms predicted latency", self.latency_model(arch), limits.max_latency_ms))
+        values = ", ".join(f"{_amount(value)} {unit}" for unit, value, _ in measured)
+        broken = [
+            f"{unit} > {_amount(limit)}"
+            for unit, value, limit in measured
+            if limit is not None and value > limit
+        ]
+        shape = "x".join(map(str, self.input_shape))
+        where = f"{self.num_classes} classes, {shape} inputs"
+        breaks = f"; breaks {', '.join(broken)}" if broken else ""
+        return f"{self.space.encode(arch)} ({values} at {where}{breaks})"
+
+    def nothing_found(self, attempts: int) -> InfeasibleSearchError:
+        """The error for ``attempts`` infeasible random samples, naming the space's cheapest arch and cost.
+
+        When the cheapest arch breaks the limits, they exclude the whole space (for a space whose `cheapest`
+        is exact, as the built-ins' is), and the error says so instead of blaming the sampling.
+        """
+        cheapest = self.space.cheapest(self.num_classes, self.input_shape)
+        text = f"no architecture of {self.space.name} meeting {self.constraints}"
+        if not self(cheapest):
+            return InfeasibleSearchError(
+                f"{text} exists: the limits exclude the whole space, whose cheapest arch is "
+                f"{self.describe(cheapest)}"
+            )
+        return InfeasibleSearchError(
+            f"{text} was found in {attempts} random samples, though the space's cheapest arch "
+            f"{self.describe(cheapest)} meets them: they leave only a sliver of the space"
+        )
+
+
+def _amount(value: float) -> str:
+    """An int with thousands separators, a float to two decimals."""
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"
+
 
 def unconstrained(space: SearchSpace) -> Feasibility:
     """A feasibility check that accepts every architecture of ``space``."""
@@ -184,10 +227,7 @@ class Strategy(ABC):
             arch = self.space.sample(self.rng)
             if self.feasible(arch):
                 return arch
-        raise InfeasibleSearchError(
-            f"no architecture of {self.space.name} meeting {self.feasible.constraints} was found "
-            f"in {MAX_FEASIBILITY_ATTEMPTS} random samples"
-        )
+        raise self.feasible.nothing_found(MAX_FEASIBILITY_ATTEMPTS)
 
     def repair(self, arch: Genome, make: Callable[[], Genome]) -> Genome:
         """``arch`` if feasible, else the first feasible result of ``make`` (e.g. another mutation), else a

@@ -2,8 +2,9 @@
 
 The checks: a genome layout whose segments partition it; seeded, canonical, valid samples of plain ints;
 canonical strings that round-trip and garbage that `ArchitectureError` refuses; mutation, crossover and the
-vector relaxation stay inside the space; and an exact ``cost`` whose parameter count equals the built
-network's, for two class counts, with a network that declares ``main_blocks`` and returns finite logits.
+vector relaxation stay inside the space; and an exact ``cost`` whose parameters and FLOPs equal the built
+network's counted ones (`nasfleet.spaces.counting`), for two class counts and two input shapes, with a
+network that declares ``main_blocks`` and returns finite logits.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from nasfleet.spaces.base import ArchitectureError, Genome, SearchSpace
+from nasfleet.spaces.base import ArchitectureError, Genome, InputShape, SearchSpace
+from nasfleet.spaces.counting import count_cost
 from nasfleet.testing.contract import Check, expect, raises, run_checks
 
 SpaceCheck = Callable[[SearchSpace, list[Genome]], None]
 COST_SAMPLES = 3  # networks built to compare against the closed-form cost
-INPUT_SHAPE = (3, 32, 32)
+INPUT_SHAPE: InputShape = (3, 32, 32)
+SMALL_INPUT_SHAPE: InputShape = (1, 8, 8)  # the digits data of the main job
 
 
 def _is_genome(arch: object) -> bool:
@@ -95,28 +98,38 @@ def check_operators(space: SearchSpace, samples: list[Genome]) -> None:
 
 
 def check_cost(space: SearchSpace, samples: list[Genome]) -> None:
-    """``cost`` is positive, deterministic and counts the built network's parameters exactly."""
+    """``cost`` is positive, deterministic and exact: the built network's parameters, and its FLOPs as
+    `nasfleet.spaces.counting` counts them (the NAS-Bench-201 convention), for two class counts and two
+    input shapes, on which the network returns finite logits."""
     for arch in samples[:COST_SAMPLES]:
-        for classes in (10, 7):
-            cost = space.cost(arch, classes, INPUT_SHAPE)
-            expect(cost.params > 0 and cost.flops > 0, f"cost({arch}) must be positive, but got {cost}")
-            expect(cost == space.cost(arch, classes, INPUT_SHAPE), f"cost({arch}) must be deterministic")
-            torch.manual_seed(0)
-            network = space.build(arch, classes, INPUT_SHAPE)
-            built = sum(p.numel() for p in network.parameters())
-            expect(
-                cost.params == built,
-                f"cost({arch}, {classes} classes).params must equal the built network's {built}, "
-                f"but got {cost.params}",
-            )
-            expect(len(getattr(network, "main_blocks", ())) > 0, "a built network must declare main_blocks")
-            with torch.no_grad():
-                logits = network.eval()(torch.randn(2, *INPUT_SHAPE))
-            expect(
-                tuple(logits.shape) == (2, classes) and bool(torch.isfinite(logits).all()),
-                f"the network of {arch} must return finite logits of shape (2, {classes}), "
-                f"but got {tuple(logits.shape)}",
-            )
+        for classes, shape in ((10, INPUT_SHAPE), (7, INPUT_SHAPE), (10, SMALL_INPUT_SHAPE)):
+            _check_cost_of(space, arch, classes, shape)
+
+
+def _check_cost_of(space: SearchSpace, arch: Genome, classes: int, shape: InputShape) -> None:
+    cost = space.cost(arch, classes, shape)
+    where = f"cost({arch}, {classes} classes, input {shape})"
+    expect(cost.params > 0 and cost.flops > 0, f"{where} must be positive, but got {cost}")
+    expect(cost == space.cost(arch, classes, shape), f"{where} must be deterministic")
+    torch.manual_seed(0)
+    network = space.build(arch, classes, shape)
+    counted = count_cost(network, shape)
+    expect(
+        cost.params == counted.params,
+        f"{where}.params must equal the built network's {counted.params}, but got {cost.params}",
+    )
+    expect(
+        cost.flops == counted.flops,
+        f"{where}.flops must equal the built network's counted {counted.flops}, but got {cost.flops}",
+    )
+    expect(len(getattr(network, "main_blocks", ())) > 0, "a built network must declare main_blocks")
+    with torch.no_grad():
+        logits = network.eval()(torch.randn(2, *shape))
+    expect(
+        tuple(logits.shape) == (2, classes) and bool(torch.isfinite(logits).all()),
+        f"the network of {arch} must return finite logits of shape (2, {classes}) on input {shape}, "
+        f"but got {tuple(logits.shape)}",
+    )
 
 
 CHECKS: tuple[SpaceCheck, ...] = (check_layout, check_sampling, check_strings, check_operators, check_cost)

@@ -43,7 +43,7 @@ from nasfleet.proxies.engine import expand_names, score_archs
 from nasfleet.proxies.probe import ProbeBatch
 from nasfleet.search.probe import MIN_BATCH_SIZE, synthetic_probe_batch
 from nasfleet.server.registry import CacheEntry, CacheKey, EvaluationRecord, Registry, RegistryError
-from nasfleet.spaces import SPACES, ArchitectureError, Genome, SearchSpace, get_space
+from nasfleet.spaces import ArchitectureError, Genome, SearchSpace, get_space, space_names
 
 TASK_NAME = "nasfleet.score_batch"
 PAYLOAD_VERSION = 2  # 2: the registry's deployment id travels in the task
@@ -103,7 +103,7 @@ class ScoringSpec:
         assert isinstance(data, Mapping)
         space, proxies = data.get("space"), data.get("proxies")
         batch_size, seed = data.get("batch_size"), data.get("seed")
-        _require(space in SPACES, "scoring.space", f"one of {sorted(SPACES)}", space)
+        _require(space in (names := space_names()), "scoring.space", f"one of {names}", space)
         ok = isinstance(proxies, list) and bool(proxies) and all(isinstance(p, str) for p in proxies)
         _require(ok, "scoring.proxies", "a non-empty list of proxy names", proxies)
         assert isinstance(proxies, list)
@@ -127,10 +127,12 @@ class ScoringSpec:
         return cls(str(space), tuple(proxies), int(batch_size), int(seed), dict(options), str(data))  # type: ignore[arg-type]
 
     def digest(self) -> str:
-        """The hash of the wire form and of the revisions of revised proxies (`revised`)."""
+        """The hash of the wire form and of the revisions of revised proxies (`revised`) and space."""
         key = {"version": PAYLOAD_VERSION, **self.to_wire()}
         if revisions := revised(expand_names(",".join(self.proxies), True)[0]):
             key["revisions"] = revisions
+        if (space_revision := get_space(self.space, self.space_options).revision) != 1:
+            key["space_revision"] = space_revision
         canonical = json.dumps(key, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
