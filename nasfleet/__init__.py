@@ -1,7 +1,10 @@
 """nasfleet: federated, multi-tenant, training-free neural architecture search.
 
 The package's own namespace is the Python API for people: `build_subnet` turns a search's result into a
-network. It loads torch when called, and never Celery, SQLAlchemy or the HTTP stack.
+network, `export_subnet` (from `nasfleet.export`, loaded on first use) into an ONNX or TorchScript file.
+They load torch when called, and never Celery, SQLAlchemy or the HTTP stack. `TenantClient` (with
+`ApiError`, `JobError`, `Job`, `Result`, `Report`) is the client of the tenant HTTP API, from
+`nasfleet.client`, loaded on first use.
 """
 
 from __future__ import annotations
@@ -12,8 +15,26 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import nn
 
+    from nasfleet.client import ApiError, Job, JobError, Report, Result, TenantClient
+    from nasfleet.export import export_subnet
+
 __version__ = "0.1.0"
-__all__ = ["__version__", "build_subnet"]
+__all__ = ["ApiError", "Job", "JobError", "Report", "Result", "TenantClient", "__version__", "build_subnet",
+           "export_subnet"]  # fmt: skip
+CLIENT_NAMES = ("ApiError", "Job", "JobError", "Report", "Result", "TenantClient")
+
+
+def __getattr__(name: str) -> Any:
+    """The HTTP client's names and `export_subnet`, imported when first asked for."""
+    if name == "export_subnet":
+        from nasfleet.export import export_subnet
+
+        return export_subnet
+    if name in CLIENT_NAMES:
+        from nasfleet import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'nasfleet' has no attribute {name!r}")
 
 
 def build_subnet(

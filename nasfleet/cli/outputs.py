@@ -140,13 +140,19 @@ def check_output_directory(path: Path, option: str = "--out") -> None:
         raise OutputError(f"{option}: must be a directory, but {path} exists and is not one")
 
 
-def write_output(path: Path, text: str, option: str = "--out") -> str:
-    """Write *text* to *path* by the rules of this module; returns a name for messages ("stdout", path)."""
-    target, data = resolve_output(path, option), text.encode()
+def write_output(path: Path, text: str | bytes, option: str = "--out") -> str:
+    """Write *text* (or bytes) to *path* by the rules of this module; returns a name for messages ("stdout",
+    path)."""
+    target, data = resolve_output(path, option), text if isinstance(text, bytes) else text.encode()
     try:
         if target.how == "stdout":
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            if isinstance(text, bytes):
+                sys.stdout.flush()
+                sys.stdout.buffer.write(text)
+                sys.stdout.buffer.flush()
+            else:
+                sys.stdout.write(text)
+                sys.stdout.flush()
             return "stdout"
         if target.how == "descriptor":
             if target.fd in (1, 2):
