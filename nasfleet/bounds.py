@@ -15,3 +15,4 @@ DEVICES = ("cpu", "cuda")  # where proxies are computed
 DEFAULT_REGISTRY_URL = "sqlite:///nasfleet-registry.db"  # a file in the current directory
 DEFAULT_BROKER_URL = "sqlite:///nasfleet-broker.db"  # the embedded broker of serve, orchestrate, worker
 DEFAULT_QUEUE = ""  # the deployment's queue: see `nasfleet.server.service.celery_app.resolve_queue`
+SHARED_BASELINE_ROLE = "shared-baseline"  # a job's options["role"]: a round's one-size-fits-all search

@@ -18,7 +18,7 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 from flwr.app import Context, Error, Message, RecordDict
@@ -26,6 +26,7 @@ from flwr.clientapp import ClientApp
 
 from nasfleet.clients.characteristics import DEFAULT_EPSILON, DEFAULT_RANK, extract_characteristics
 from nasfleet.clients.device import DEVICE_TIERS, DeviceTier, assign_tiers, calibrate_profile
+from nasfleet.clients.tiers import parse_tier_limits
 from nasfleet.clients.training import train_subnet
 from nasfleet.data.datasets import Dataset, load_dataset
 from nasfleet.data.partition import partition
@@ -39,7 +40,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DeviceSetup:
-    """What one simulated or deployed device is: its data partition, tier and privacy settings."""
+    """What one simulated or deployed device is: its data partition, tier and privacy settings.
+
+    ``tier_limits`` replaces limits of the built-in tiers (`nasfleet.clients.tiers`), e.g.
+    ``"micro:params=150k,flops=20M"``; "" keeps them all.
+    """
 
     partition_id: int = 0
     num_partitions: int = 1
@@ -48,6 +53,7 @@ class DeviceSetup:
     seed: int = 0
     tenant: str = "default"
     tier: str = ""
+    tier_limits: str = ""
     epsilon: float = DEFAULT_EPSILON
     sketch_rank: int = DEFAULT_RANK
     sketches: bool = True
@@ -75,15 +81,21 @@ class DeviceSetup:
         require(eps_ok, "epsilon", "a positive finite number", self.epsilon)
         names = [t.name for t in DEVICE_TIERS]
         require(self.tier in ["", *names], "tier", f"one of {names} (or empty to assign)", self.tier)
+        require(isinstance(self.tier_limits, str), "tier-limits", "a string", self.tier_limits)
+        parse_tier_limits(self.tier_limits, names)
 
     @property
     def device(self) -> str:
         return f"device-{self.partition_id}"
 
     def device_tier(self) -> DeviceTier:
+        """The device's tier (given, else dealt by `assign_tiers`), with the limits ``tier_limits`` sets."""
         if self.tier:
-            return next(t for t in DEVICE_TIERS if t.name == self.tier)
-        return assign_tiers(self.num_partitions, self.seed)[self.partition_id]
+            tier = next(t for t in DEVICE_TIERS if t.name == self.tier)
+        else:
+            tier = assign_tiers(self.num_partitions, self.seed)[self.partition_id]
+        limits = parse_tier_limits(self.tier_limits, [t.name for t in DEVICE_TIERS]).get(tier.name, {})
+        return replace(tier, constraints=replace(tier.constraints, **limits))  # type: ignore[arg-type]
 
 
 @functools.lru_cache(maxsize=8)

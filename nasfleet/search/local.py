@@ -18,8 +18,9 @@ original seconds are reported apart (``cached_scoring_seconds``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
+from typing import Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -52,9 +53,24 @@ def make_strategy(space: SearchSpace, config: SearchConfig, batch: ProbeBatch) -
     )  # fmt: skip
 
 
+class SearchUpdate(Protocol):
+    """``update(done, score, best_percentile=None)``: evaluations told, the current best's (relative)
+    score and the monotone best-so-far percentile (`HistoryEntry`)."""
+
+    def __call__(self, done: int, score: float, best_percentile: float | None = None) -> None: ...
+
+
+def best_text(score: float, best_percentile: float | None) -> str:
+    """What the progress shows of the best: the monotone percentile first, then the relative score
+    (only the score for a caller without the percentile)."""
+    if best_percentile is None:
+        return f"best {score:.4g}"
+    return f"best so far p{best_percentile:.1f}, current best {score:.4g} (relative)"
+
+
 @contextmanager
-def search_progress(budget: int, enabled: bool) -> Iterator[Callable[[int, float], None]]:
-    """A rich bar on stderr of evaluations/budget and the best-so-far score; yields ``update(done, best)``.
+def search_progress(budget: int, enabled: bool) -> Iterator[SearchUpdate]:
+    """A rich bar on stderr of evaluations/budget and the best (`best_text`); yields `SearchUpdate`.
 
     When stderr is not a terminal it prints a plain line every 5% of the budget, as the engine does.
     """
@@ -62,19 +78,23 @@ def search_progress(budget: int, enabled: bool) -> Iterator[Callable[[int, float
     if enabled and not console.is_terminal:
         step, started, shown = max(1, budget // 20), time.perf_counter(), [0]
 
-        def show(done: int, best: float) -> None:
+        def show(done: int, score: float, best_percentile: float | None = None) -> None:
             if done // step > shown[0] // step or done == budget:
-                elapsed = time.perf_counter() - started
-                console.print(f"search: {done}/{budget}, best {best:.4g} ({elapsed:.0f} s)", highlight=False)
+                elapsed, best = time.perf_counter() - started, best_text(score, best_percentile)
+                console.print(f"search: {done}/{budget}, {best} ({elapsed:.0f} s)", highlight=False)
             shown[0] = done
 
         yield show
         return
-    best = TextColumn("best {task.fields[best]}")
+    best = TextColumn("{task.fields[best]}")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), best, TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not enabled) as progress:
-        task = progress.add_task("search", total=budget, best="-")
-        yield lambda done, best: progress.update(task, completed=done, best=f"{best:.4g}")
+        task = progress.add_task("search", total=budget, best="")
+
+        def update(done: int, score: float, best_percentile: float | None = None) -> None:
+            progress.update(task, completed=done, best=best_text(score, best_percentile))
+
+        yield update
 
 
 class LocalScorer:
@@ -157,7 +177,7 @@ def run_search(
         while not strategy.done:
             step = loop.begin_step()
             entry = loop.finish_step(step, score(step.new))
-            show(entry.evaluations, entry.score)
+            show(entry.evaluations, entry.score, entry.best_percentile)
     if not loop.history:
         raise SearchError(f"strategy {strategy.name!r} must not be done before any evaluation, but it was")
     probe = {"batch_size": batch.size, "input_shape": list(batch.input_shape),

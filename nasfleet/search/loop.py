@@ -16,7 +16,9 @@ this process, a job of the service answers them from the shared cache or the wor
 
 Best-so-far under re-ranking: after each step the best is the arch with the highest aggregate over the
 archive *as it then was* (ties to the earliest evaluated); the history records that value as known then.
-The reported best is the argmax of the *final* aggregate. `state_dict` / `load_state_dict` resume a
+The reported best is the argmax of the *final* aggregate. That value is relative and can go down; the
+history's monotone ``best_percentile`` is the highest `entry_percentile` of any arch so far (see
+`HistoryEntry`). `state_dict` / `load_state_dict` resume a
 search exactly where it stopped.
 """
 
@@ -78,6 +80,15 @@ def archive_fitness(
     columns = {name: np.array(column, dtype=float) for name, column in values.items()}
     table = ScoreTable(tuple(archs), columns, np.zeros(len(archs)))
     return add_aggregates(table, [aggregate], labeled)[aggregate]
+
+
+def entry_percentile(fitness: np.ndarray, position: int) -> float:
+    """The percentile rank (0-100) of member *position* within *fitness*: the share of members below it,
+    plus half the share equal to it (itself included), the textbook definition. The top one of n has
+    100 * (n - 0.5) / n, so a top arch among more archs ranks higher."""
+    value = fitness[position]
+    below, equal = int(np.sum(fitness < value)), int(np.sum(fitness == value))
+    return 100.0 * (below + 0.5 * equal) / len(fitness)
 
 
 def check_asked(
@@ -189,7 +200,11 @@ class SearchLoop:
             self.strategy.refresh(dict(zip(self.archive.genomes, fitness.tolist(), strict=True)))
         self.told += len(step.genomes)
         best = int(np.argmax(fitness))  # the first of equal scores: the earliest evaluated
-        entry = HistoryEntry(len(self.history) + 1, self.told, self.archive.archs[best], float(fitness[best]))
+        entered = [entry_percentile(fitness, self.archive.index[arch]) for arch in step.new]
+        percentile = max([self.history[-1].best_percentile if self.history else 0.0, *entered])
+        entry = HistoryEntry(
+            len(self.history) + 1, self.told, self.archive.archs[best], float(fitness[best]), percentile
+        )
         self.history.append(entry)
         return entry
 

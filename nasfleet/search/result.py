@@ -13,12 +13,21 @@ RESULT_VERSION = 1
 
 @dataclass(frozen=True)
 class HistoryEntry:
-    """The best-so-far after step ``step`` (``evaluations`` told), by the aggregate as it was then."""
+    """The search after step ``step`` (``evaluations`` told).
+
+    ``arch`` and ``score`` are the current best by the aggregate over the archive as it was then. FG-NAS
+    ranks every arch against the archive, so ``score`` is relative and can go down as better archs join.
+    ``best_percentile`` never goes down: the highest percentile rank (0-100) any arch had when it was
+    scored, among the archive of that step, itself included (`entry_percentile`). An arch's entry
+    percentile is fixed once computed, so the maximum over a growing archive can only rise; it rises when
+    an arch beats a larger share of everything scored before it. Entries stored without it read as 0.
+    """
 
     step: int
     evaluations: int
     arch: str
     score: float
+    best_percentile: float = 0.0
 
 
 @dataclass(frozen=True)
