@@ -239,6 +239,7 @@ def job_routes(job_id: str, report: dict[str, Any]) -> list[tuple[str, str, dict
     return [
         ("GET", f"/v1/jobs/{job_id}", None),
         ("GET", f"/v1/jobs/{job_id}/result", None),
+        ("GET", f"/v1/jobs/{job_id}/export", None),
         ("POST", f"/v1/jobs/{job_id}/cancel", None),
         ("POST", f"/v1/jobs/{job_id}/reports", report),
         ("GET", f"/v1/jobs/{job_id}/reports", None),

@@ -13,6 +13,9 @@ from typing import Annotated
 import typer
 
 from nasfleet import __version__
+from nasfleet.cli.export import export
+from nasfleet.cli.jobs import jobs_app
+from nasfleet.cli.plugins import proxies_app, spaces_app
 from nasfleet.cli.registry import registry_app
 from nasfleet.cli.score import bench_app, score
 from nasfleet.cli.search import search
@@ -43,11 +46,14 @@ def _root(
     """Federated, multi-tenant, training-free neural architecture search."""
 
 
-for command in (score, search, simulate, worker, orchestrate, serve):
+for command in (score, search, simulate, worker, orchestrate, serve, export):
     app.command()(command)
 for name, group in (("space", space_app), ("bench", bench_app), ("registry", registry_app),
                     ("tenants", tenants_app), ("strategies", strategies_app)):  # fmt: skip
     app.add_typer(group, name=name)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(spaces_app, name="spaces")
+app.add_typer(proxies_app, name="proxies")
 
 
 def main() -> None:

@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from nasfleet.bounds import DEFAULT_REGISTRY_URL
+from nasfleet.bounds import DEFAULT_REGISTRY_URL, SHARED_BASELINE_ROLE
 from nasfleet.cli.options import FormatOption, RegistryOption
 from nasfleet.cli.outputs import check_output, write_output
+from nasfleet.display import compact, make_table, short_arch, short_id, table_console
 
 if TYPE_CHECKING:
     from nasfleet.server.registry import JobRecord, Registry, ReportRecord
@@ -59,12 +58,17 @@ def open_registry(url: str) -> Registry:
         raise typer.BadParameter(str(error), param_hint="--registry") from None
 
 
-def _when(moment: datetime | None) -> str:
-    return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
+def _when(moment: datetime | None, short: bool = False) -> str:
+    """A UTC time to the second, or *short*: month, day, hours and minutes (the JSON has it whole)."""
+    return "" if moment is None else moment.strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%S")
 
 
 def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
+
+
+def _short(value: float | None) -> str:
+    return "" if value is None else compact(value)
 
 
 def _tenants(records: list[Any]) -> Rows:
@@ -74,37 +78,49 @@ def _tenants(records: list[Any]) -> Rows:
 def _devices(records: list[Any]) -> Rows:
     header = ["tenant", "device", "tier", "status", "characteristics", "updated (UTC)"]
     return header, [
-        [d.tenant, d.name, d.tier, d.status, (d.characteristics_hash or "")[:12], _when(d.updated_at)]
+        [d.tenant, d.name, d.tier, d.status, short_id(d.characteristics_hash), _when(d.updated_at)]
         for d in records
     ]
 
 
+def job_device(job: JobRecord) -> str:
+    """The job's device, or what the job is for when it has none (the round's shared baseline)."""
+    if job.device is None and job.options.get("role") == SHARED_BASELINE_ROLE:
+        return "(shared baseline)"
+    return job.device or ""
+
+
 def _jobs(records: list[Any]) -> Rows:
-    header = ["job", "tenant", "device", "space", "strategy", "status", "told", "best score", "updated (UTC)"]
+    header = ["job", "name", "tenant", "device", "space", "strategy", "status", "told", "best", "updated UTC"]
     return header, [_job_cells(job) for job in records]
 
 
 def _job_cells(j: JobRecord) -> list[str]:
-    told, best, updated = f"{j.evaluations_done}/{j.budget}", _number(j.best_score), _when(j.updated_at)
-    return [j.id, j.tenant, j.device or "", j.space, j.strategy, j.status, told, best, updated]
+    told, updated = f"{j.evaluations_done}/{j.budget}", _when(j.updated_at, short=True)
+    head = [short_id(j.id), j.name or "", j.tenant, job_device(j), j.space, j.strategy, j.status]
+    return [*head, told, _short(j.best_score), updated]
 
 
 def _results(records: list[Any]) -> Rows:
-    return ["job", "arch", "score", "params", "flops"], [
-        [r.job_id, r.arch, _number(r.score), str(r.params), str(r.flops)] for r in records
+    return ["job", "arch", "score", "params", "FLOPs"], [
+        [short_id(r.job_id), short_arch(r.arch), _short(r.score), compact(r.params), compact(r.flops)]
+        for r in records
     ]
 
 
+REPORT_GAP = 1  # nine columns, run names among them: one space between them keeps a report on one line
+
+
 def _report_rows(reports: list[ReportRecord]) -> Rows:
-    header = ["id", "job", "device", "arch", "accuracy", "loss", "latency ms (predicted)", "latency ms"]
+    header = ["report", "job", "run", "rd", "device", "arch", "acc.", "loss", "ms pred/meas"]
     return header, [_report_cells(report) for report in reports]
 
 
 def _report_cells(r: ReportRecord) -> list[str]:
-    numbers = [
-        _number(value) for value in (r.accuracy, r.loss, r.latency_ms_predicted, r.latency_ms_measured)
-    ]
-    return [str(r.id), r.job_id, r.device or "", r.arch, *numbers]
+    latency = "/".join(_short(value) or "-" for value in (r.latency_ms_predicted, r.latency_ms_measured))
+    run = [r.run or "", "" if r.round is None else str(r.round)]
+    ids = [short_id(r.id), short_id(r.job_id)]
+    return [*ids, *run, r.device or "", short_arch(r.arch), _short(r.accuracy), _short(r.loss), latency]
 
 
 def _records(registry: Registry, what: str, tenant: str | None) -> list[Any]:
@@ -124,6 +140,7 @@ LISTINGS: dict[str, Callable[[list[Any]], Rows]] = {
     "tenants": _tenants, "devices": _devices, "jobs": _jobs, "results": _results, "reports": _report_rows,
 }  # fmt: skip
 HIDDEN_FIELDS = {"strategy_state"}  # large; `nasfleet registry export` has it
+TABLE_HIDDEN_OPTIONS = {"characteristics"}  # encoded arrays; the JSON has them, the table their hash
 
 
 def _json_value(value: object) -> object:
@@ -138,13 +155,12 @@ def _as_json(records: list[Any]) -> str:
     return json.dumps(plain, default=_json_value, allow_nan=False, indent=2)
 
 
-def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    table = Table(title=title)
-    for name in header:
-        table.add_column(name, overflow="fold")
+def print_table(title: str, header: list[str], rows: list[list[str]], gap: int = 2) -> None:
+    """A table at most 100 columns wide (`nasfleet.display`): ids and archs shortened, numbers compact."""
+    table = make_table(title, header, gap)
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    table_console().print(table)
 
 
 @registry_app.command("list")
@@ -156,14 +172,21 @@ def list_command(
     tenant: TenantOption = None,
     output_format: FormatOption = "table",
 ) -> None:
-    """Print the registry's tenants, devices, jobs, results or reports as a table, or as JSON."""
+    """Print the registry's tenants, devices, jobs, results or reports as a table, or as JSON.
+
+    The table fits 100 columns: job and report ids show their first 8 characters (a prefix `registry
+    show` accepts), archs their head and a digest, counts as 123k / 7.89M; --format json has every field
+    whole. The round's shared-baseline job shows "(shared baseline)" as its device. A report shows the
+    run (`nasfleet simulate --name`) and round ("rd") that trained it, and its latency as predicted/
+    measured ms.
+    """
     with open_registry(registry) as opened:
         records = _records(opened, what, tenant)
     if output_format == "json":
         typer.echo(_as_json(records))
         return
     header, rows = LISTINGS[what](records)
-    _print_table(f"{what} ({len(rows)})", header, rows)
+    print_table(f"{what} ({len(rows)})", header, rows, REPORT_GAP if what == "reports" else 2)
 
 
 def resolve_job_id(registry: Registry, text: str) -> str:
@@ -206,9 +229,10 @@ def show_command(
         typer.echo(json.dumps(document, indent=2, allow_nan=False))
         return
     fields: dict[str, Any] = {
-        "job": job.id, "tenant": job.tenant, "device": job.device, "status": job.status,
-        "space": job.space, "strategy": job.strategy, "strategy config": json.dumps(job.strategy_config),
-        "options": json.dumps(job.options), "constraints": json.dumps(job.constraints),
+        "job": job.id, "name": job.name, "tenant": job.tenant, "device": job_device(job),
+        "status": job.status, "space": job.space, "strategy": job.strategy,
+        "strategy config": json.dumps(job.strategy_config), "constraints": json.dumps(job.constraints),
+        "options": json.dumps({k: v for k, v in job.options.items() if k not in TABLE_HIDDEN_OPTIONS}),
         "characteristics": job.characteristics_hash, "budget": job.budget, "seed": job.seed,
         "told": job.evaluations_done, "evaluations stored": evaluations, "best arch": job.best_arch,
         "best score": _number(job.best_score), "error": job.error,
@@ -218,9 +242,9 @@ def show_command(
         fields.update({"result arch": result.arch, "result score": _number(result.score)})
         fields.update({"result params": result.params, "result flops": result.flops})
     rows = [[name, "" if value is None else str(value)] for name, value in fields.items()]
-    _print_table(f"job {job.id}", ["field", "value"], rows)
+    print_table(f"job {job.id}", ["field", "value"], rows)
     if reports:
-        _print_table(f"reports ({len(reports)})", *_report_rows(reports))
+        print_table(f"reports ({len(reports)})", *_report_rows(reports), gap=REPORT_GAP)
 
 
 @registry_app.command("export")

@@ -35,6 +35,7 @@ from nasfleet.cli.strategies import check_strategy_name
 
 if TYPE_CHECKING:
     from nasfleet.search import SearchConfig, SearchResult
+    from nasfleet.server.registry import JobRecord
 
 CONSTRAINT_HINT = "--max-params / --max-flops"
 
@@ -71,6 +72,31 @@ def _check_tenant(tenant: str) -> None:
         check_name("tenant", tenant)
     except RegistryError as error:
         raise typer.BadParameter(str(error), param_hint="--tenant") from None
+
+
+def _job_name(name: str | None) -> str:
+    """The job's name: *name* checked, or a fresh ``search-<hex>`` one."""
+    import uuid
+
+    from nasfleet.server.registry import RegistryError
+    from nasfleet.server.registry.checks import check_name
+
+    if name is None:
+        return f"search-{uuid.uuid4().hex[:12]}"
+    try:
+        return check_name("name", name)
+    except RegistryError as error:
+        raise typer.BadParameter(str(error), param_hint="--name") from None
+
+
+def _interrupted(job: JobRecord) -> str:
+    """The one line Ctrl-C prints: what became of the job, and how to resume it."""
+    if job.status != "cancelled":
+        return f"interrupted: job {job.id} ({job.name}) had {job.status} already"
+    return (
+        f"interrupted: job {job.id} ({job.name}) cancelled after {job.evaluations_done} of {job.budget} "
+        f"evaluations; its scored archs are kept; rerun with --name {job.name} to resume"
+    )
 
 
 def _summary(result: SearchResult) -> str:
@@ -115,9 +141,28 @@ def search(
         str, typer.Option("--aggregate", help="Fitness: an aggregate over the archive.")
     ] = "fgnas",
     tenant: Annotated[str, typer.Option("--tenant", help="Registry tenant the job belongs to.")] = "default",
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="The job's name (unique per tenant; default: search-<random hex>). A name the tenant used "
+            "resumes that job: a done one writes its stored result, a cancelled or interrupted one goes on "
+            "from its checkpoint; other settings than the stored job's are refused.",
+        ),
+    ] = None,
     registry: RegistryOption = DEFAULT_REGISTRY_URL,
     broker: BrokerOption = "",
     local_workers: LocalWorkersOption = 1,
+    wait_for_workers: Annotated[
+        float,
+        typer.Option(
+            "--wait-for-workers",
+            min=0,
+            max=86_400,
+            help="With --local-workers 0: seconds to wait for a `nasfleet worker` to beat in the registry; "
+            "then exit 1 saying no worker consumes the queue.",
+        ),
+    ] = 10.0,
 ) -> None:
     """One personalized search, run as a job of the service: ask/tell with fitness re-ranked over the
     archive → JSON.
@@ -130,6 +175,15 @@ def search(
     feasible under the constraints (exact params/FLOPs for the data's shape) and scored at most once.
     The JSON holds the best arch with its raw proxy values and cost, the best-so-far history, the
     archive, timing (scoring against orchestration overhead), the strategy's state and the job.
+    Ctrl-C cancels the job (exit 130) and keeps what it scored: rerun with its --name to resume it. An
+    unreachable --broker is an error within seconds.
+
+    Why FG-NAS scores are relative: an arch's score combines the ranks of its proxy values among
+    every arch scored so far (the archive), so the current best's score can go down when later archs
+    outrank it on one proxy, though nothing got worse. The progress therefore leads with a monotone
+    "best so far pNN.N": the highest percentile rank any arch had among the archive when it was scored
+    (fixed once computed, so it only rises). The JSON history has both, per step: score and
+    best_percentile. See docs/fgnas.md.
     """
     from nasfleet.clients.characteristics import extract_characteristics
     from nasfleet.protocol.messages import ResourceConstraints
@@ -138,7 +192,8 @@ def search(
     from nasfleet.server.registry import RegistryError
     from nasfleet.server.service.celery_app import SettingsError
     from nasfleet.server.service.jobs import JobOptions
-    from nasfleet.server.service.search_job import search_through_service
+    from nasfleet.server.service.named_jobs import JobSettingsError
+    from nasfleet.server.service.search_job import SearchInterruptedError, search_through_service
     from nasfleet.strategies import InfeasibleSearchError, StrategyError
 
     search_space, labeled = space_named(space), not unlabeled
@@ -150,6 +205,7 @@ def search(
         labeled=labeled, aggregate=aggregate, max_params=max_params, max_flops=max_flops,
     )  # fmt: skip
     _check_tenant(tenant)
+    name = _job_name(name)
     check_service_options(broker, registry, local_workers)
     dataset = train_split(data)
     batch = probe_batch(data, batch_size, seed, labeled, dataset)
@@ -165,10 +221,19 @@ def search(
                              probe_data=data)  # fmt: skip
     try:
         done = search_through_service(
-            characteristics, tenant=tenant, space=space, strategy=strategy, budget=budget, seed=seed,
-            strategy_config=options, constraints=ResourceConstraints(max_params, max_flops),
+            characteristics, tenant=tenant, name=name, space=space, strategy=strategy, budget=budget,
+            seed=seed, strategy_config=options, constraints=ResourceConstraints(max_params, max_flops),
             options=job_options, registry=registry, broker=broker, workers=local_workers,
+            wait_for_workers_s=wait_for_workers,
         )  # fmt: skip
+    except SearchInterruptedError as interrupted:
+        typer.echo(_interrupted(interrupted.job), err=True)
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:  # before the job was opened or resumed
+        typer.echo(f"interrupted: the service was starting; job {name} was not run", err=True)
+        raise typer.Exit(130) from None
+    except JobSettingsError as error:
+        raise typer.BadParameter(str(error), param_hint="--name") from None
     except (ProxyError, SearchError, StrategyError) as error:
         raise click.ClickException(f"search failed, nothing written: {error}") from None
     except (RegistryError, RuntimeError, SettingsError) as error:
@@ -178,4 +243,5 @@ def search(
     command = command_line(ctx, registry=_redacted(registry), broker=_redacted(broker) or None)
     payload = {**done.result.to_dict(), "data": data, "command": command, "service": done.service}
     where = write_output(out, json.dumps(payload, indent=2) + "\n")
-    typer.echo(f"wrote {where}; {_summary(done.result)}", err=True)
+    stored = f"job {name} was done already, its stored result: " if done.service["done_before"] else ""
+    typer.echo(f"wrote {where}; {stored}{_summary(done.result)}", err=True)

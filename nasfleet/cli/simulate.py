@@ -85,6 +85,28 @@ def simulate(
             help="Also train one shared arch (tightest limits) per device.",
         ),
     ] = True,
+    tier_limits: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tier-limits",
+            metavar="TIER:LIMITS",
+            help="Replace a device tier's limits (tiers: micro, mobile, edge-gpu); repeat for more tiers. "
+            "Keys: params and flops (whole numbers, suffix k/M/G; FLOPs at 3x32x32, scaled to the data "
+            "as the tiers' own), latency (ms), memory (MiB of weights, which caps params too). "
+            "E.g. --tier-limits micro:params=150k,flops=20M.",
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="The run's name (1-48 characters of [A-Za-z0-9_.-]; default: sim-<random hex>): its "
+            "jobs are NAME.<device> and NAME.shared-baseline, its reports carry it. Rerun with the same "
+            "--name to resume: finished searches are reused, not scored again, unfinished or cancelled "
+            "ones go on from their checkpoints; local training, later rounds and reports run again. A "
+            "device whose job was stored with other settings is refused, naming them.",
+        ),
+    ] = None,
     registry: RegistryOption = DEFAULT_REGISTRY_URL,
     seed: SeedOption = 0,
     broker: BrokerOption = "",
@@ -97,7 +119,10 @@ def simulate(
     Celery workers: without --broker, --local-workers workers started here on a temporary SQLite broker
     file, removed when the command ends; with --broker, also any `nasfleet worker`s on that broker. Each
     scores with FG-NAS on a synthetic batch rebuilt from the device's characteristics; each device trains
-    its SubNet locally and reports back, and everything is stored in --registry.
+    its SubNet locally and reports back, and everything is stored in --registry. Devices are dealt to
+    hardware tiers (micro, mobile, edge-gpu), each with its limits (params, FLOPs, latency, weight
+    memory); --tier-limits replaces them, and reaches every device as the run config key tier-limits.
+    Every run has a name (--name), printed last: the same command with it resumes the run.
     """
     from nasfleet.data.datasets import load_dataset
     from nasfleet.data.partition import partition
@@ -106,6 +131,8 @@ def simulate(
 
     check_strategy_name(strategy)
     space_named(space)
+    limits = _tier_limits(tier_limits or [])
+    name = _run_name(name)
     check_service_options(broker, registry, local_workers)
     try:  # the devices would each fail on a bad spec; say it once, before starting Flower
         partition(load_dataset(dataset).labels, partition_spec, clients, seed)
@@ -118,17 +145,55 @@ def simulate(
         "sketches": not no_sketches,
         "labeled": not unlabeled,
     }
-    devices.update({k: v for k, v in (("epsilon", epsilon), ("sketch-rank", sketch_rank)) if v is not None})
+    optional = (("epsilon", epsilon), ("sketch-rank", sketch_rank), ("tier-limits", limits or None))
+    devices.update({k: v for k, v in optional if v is not None})
     config = RoundConfig(
         num_clients=clients, rounds=rounds, space=space, strategy=strategy, budget=budget,
         probe_batch=probe_batch,
         seed=seed, registry=registry, train_epochs=train_epochs, train_patience=train_patience,
         train_augment=augment, shared_baseline=shared_baseline,
-        broker=broker, workers=local_workers,
+        broker=broker, workers=local_workers, name=name,
     )  # fmt: skip
     outcomes = run_federation(config, devices)
+    typer.echo(f"run {name}: rerun with --name {name} to resume; its jobs: nasfleet jobs list --registry "
+               f"{_shown(registry)}", err=True)  # fmt: skip
     failed = [o for o in outcomes if not o.ok]
     if len(outcomes) < clients or failed:
         raise click.ClickException(
             f"{len(failed)} device(s) failed, {clients - len(outcomes)} did not connect"
         )
+
+
+def _run_name(name: str | None) -> str:
+    """The run's name: *name* checked, or a fresh ``sim-<hex>`` one."""
+    import uuid
+
+    from nasfleet.server.federation.names import check_run_name
+    from nasfleet.server.registry import RegistryError
+
+    if name is None:
+        return f"sim-{uuid.uuid4().hex[:12]}"
+    try:
+        return check_run_name(name)
+    except RegistryError as error:
+        raise typer.BadParameter(str(error), param_hint="--name") from None
+
+
+def _shown(url: str) -> str:
+    """*url* with its password hidden."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _tier_limits(given: list[str]) -> str:
+    """The ``--tier-limits`` values as one run-config string (``;`` between tiers), once checked."""
+    from nasfleet.clients.device import DEVICE_TIERS
+    from nasfleet.clients.tiers import parse_tier_limits
+
+    text = ";".join(given)
+    try:
+        parse_tier_limits(text, [tier.name for tier in DEVICE_TIERS])
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--tier-limits") from None
+    return text

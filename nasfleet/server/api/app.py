@@ -25,6 +25,7 @@ from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
 
 from nasfleet.server.api.auth import Tenant, registry_of
 from nasfleet.server.api.errors import ApiError, install_handlers, invalid, responses
+from nasfleet.server.api.exports import EXPORT_RESPONSES, export_response
 from nasfleet.server.api.gate import GatedRoute
 from nasfleet.server.api.limits import BodySizeLimit
 from nasfleet.server.api.schemas import (
@@ -41,7 +42,7 @@ from nasfleet.server.api.schemas import (
 )
 from nasfleet.server.api.validation import JobSpec, Limits, job_spec, registered_profile
 from nasfleet.server.api.views import device_out, job_result, job_status, report_out
-from nasfleet.server.registry import JobRecord, Registry, RegistryError, ReportRecord
+from nasfleet.server.registry import JobFinishedError, JobRecord, Registry, ReportRecord
 from nasfleet.server.service.jobs import submit_job
 from nasfleet.strategies.discovery import discover_strategies
 
@@ -51,6 +52,7 @@ JOB_LINKS = {
     name: {"operationId": name, "parameters": {"job_id": "$response.body#/id"}}
     for name in ("get_job", "get_result", "cancel_job", "add_report", "list_reports")
 }
+CANCELLED_BY_TENANT = "cancelled by the tenant"
 JobId = Annotated[str, Path(description="A job id from POST /v1/jobs")]
 
 
@@ -219,24 +221,33 @@ def get_result(request: Request, job_id: JobId, tenant: Tenant) -> JobResult:
     return job_result(job, result, registry.list_devices(tenant) if job.device else [])
 
 
+@router.get(
+    "/jobs/{job_id}/export", tags=["jobs"], operation_id="export_subnet", response_class=Response,
+    responses={**responses(404, 409), **EXPORT_RESPONSES},
+)  # fmt: skip
+def export_subnet(
+    request: Request, job_id: JobId, tenant: Tenant,
+    file_format: Annotated[Literal["onnx", "torchscript"], Query(alias="format")] = "onnx",
+) -> Response:  # fmt: skip
+    """The delivered SubNet as a runnable model file: freshly initialised (fixed seed), a dynamic batch
+    dimension, its space, arch, class count and input shape in the file; 409 before the job is done."""
+    registry = registry_of(request)
+    job = _own_job(registry, tenant, job_id)
+    result = registry.get_result(job.id) if job.status == "done" else None
+    if result is None:
+        raise ApiError(409, "not_done", f"job {job.id} has no SubNet to export: it is {job.status}")
+    return export_response(job, result.arch, file_format)
+
+
 @router.post("/jobs/{job_id}/cancel", tags=["jobs"], operation_id="cancel_job", responses=responses(404, 409))
 def cancel_job(request: Request, job_id: JobId, tenant: Tenant) -> JobStatus:
     """Cancel a queued or running job (cancelling a cancelled job again is no error); 409 once it ended."""
     registry = registry_of(request)
     job = _own_job(registry, tenant, job_id)
-    if job.status == "cancelled":
-        return job_status(job)
     try:
-        if job.finished:
-            raise RegistryError(f"job {job.id} is {job.status}")
-        return job_status(registry.update_job(job.id, status="cancelled", error="cancelled by the tenant"))
-    except RegistryError:
-        job = _own_job(registry, tenant, job_id)  # it finished meanwhile: say how
-        if not job.finished:
-            raise
-        if job.status == "cancelled":
-            return job_status(job)
-        raise ApiError(409, "finished", f"job {job.id} cannot be cancelled: it is {job.status}") from None
+        return job_status(registry.cancel_job(job.id, CANCELLED_BY_TENANT))
+    except JobFinishedError as error:
+        raise ApiError(409, "finished", str(error)) from None
 
 
 @router.post(

@@ -177,7 +177,7 @@ def run_round(grid: Grid, config: RoundConfig, recorder: RoundRecorder) -> list[
         recorder.registry,
         lambda chosen: train_chosen(grid, outcomes, chosen, config),
     )
-    recorder.finish(outcomes, results)
+    recorder.finish(outcomes, results, config.name or None)
     return outcomes
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from nasfleet.bounds import DEFAULT_REGISTRY_URL
 from nasfleet.protocol.messages import TrainConfig
 from nasfleet.protocol.wire import ConfigValue
+from nasfleet.server.federation.names import check_run_name
 from nasfleet.server.service.jobs import JobOptions
 
 
@@ -19,6 +20,11 @@ class RoundConfig:
     URL runs them distributed, on ``nasfleet worker`` processes started elsewhere for that broker and
     ``registry`` (then a ``postgresql+psycopg://`` URL). ``workers`` is how many worker processes the round
     starts on the server itself: at least 1 embedded, 0 or more distributed.
+
+    ``name`` names the run: its jobs are named after it and opened by name, so a rerun with the same
+    name resumes them (`nasfleet.server.federation.names`), and its reports carry it. "" leaves the jobs
+    unnamed (each run searches anew) and the reports without a run. A name is checked on construction:
+    1-48 characters of [A-Za-z0-9_.-] (a `RegistryError` naming the field, the rule and the value).
     """
 
     num_clients: int = 4
@@ -42,6 +48,11 @@ class RoundConfig:
     shared_baseline: bool = True
     broker: str = ""
     workers: int = 2
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.name != "":
+            check_run_name(self.name)
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, ConfigValue]) -> RoundConfig:

@@ -58,7 +58,7 @@ def refine(
         for o in devices
         if o.report is not None
     ]
-    for _ in range(2, config.rounds + 1):
+    for round_number in range(2, config.rounds + 1):
         chosen: dict[int, str] = {}
         for outcome in devices:
             tried = {r.arch for r in outcome.trained}
@@ -74,7 +74,7 @@ def refine(
         for outcome in devices:
             report = reports.get(outcome.node)
             if report is not None:
-                outcome.refinements.append(report)
+                outcome.refined(round_number, report)
                 prior = archives[outcome.node][report.arch]
                 observations.append(Observation(outcome.name, report.arch, report.accuracy, prior))
     for outcome in devices:

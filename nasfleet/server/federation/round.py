@@ -4,16 +4,20 @@
 registry writes (tenant, device, training reports), the search jobs, the progress display and the
 per-device summary table.
 
-Each ok device's search job is submitted with its characteristics, constraints and calibrated profile,
+Each ok device's search job is submitted with its characteristics, constraints and calibrated profile
+(in a named run, opened by name: done, resumed or refused, see `nasfleet.server.federation.names`),
 then all the round's jobs run at once through the service (`Service.run_together`; the embedded broker
 lives in a temporary directory). A job that failed (e.g. constraints no architecture meets) fails only
 its device.
+
+The summary table fits 100 columns: archs and job ids are shortened (`nasfleet.display`), a failed
+device's reason is printed under it, and its caption names the shared baseline's job and SubNet; the
+registry keeps everything whole (``nasfleet registry list --what results --format json``).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,6 +27,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from nasfleet.bounds import SHARED_BASELINE_ROLE
+from nasfleet.display import compact, make_table, short_arch, short_id, table_console
 from nasfleet.protocol.messages import (
     DataCharacteristics,
     DeviceIdentity,
@@ -32,9 +38,11 @@ from nasfleet.protocol.messages import (
 )
 from nasfleet.proxies.engine import progress_bar
 from nasfleet.server.federation.config import RoundConfig
+from nasfleet.server.federation.names import device_job_name, shared_job_name, started_profile
 from nasfleet.server.registry import Registry, RegistryError, ReportRecord, ResultRecord
 from nasfleet.server.service.celery_app import SettingsError
-from nasfleet.server.service.jobs import JobRun, submit_job
+from nasfleet.server.service.jobs import JobRun, job_settings
+from nasfleet.server.service.named_jobs import JobSettingsError, open_named_job
 from nasfleet.server.service.runtime import make_service
 
 
@@ -53,6 +61,7 @@ class DeviceOutcome:
     report: TrainingReport | None = None
     shared_report: TrainingReport | None = None
     refinements: list[TrainingReport] = field(default_factory=list)
+    refinement_rounds: list[int] = field(default_factory=list)  # each refinement's round (2, 3, ...)
     cost: tuple[int, int] | None = None  # the SubNet's (params, FLOPs)
     predicted_latency_ms: float | None = None
     predicted: dict[str, float] = field(default_factory=dict)  # arch -> predicted latency (ms)
@@ -61,6 +70,19 @@ class DeviceOutcome:
     def trained(self) -> list[TrainingReport]:
         """Every report on the device's own SubNets: round 1's, then the later rounds'."""
         return ([self.report] if self.report is not None else []) + self.refinements
+
+    @property
+    def rounds(self) -> list[tuple[int, TrainingReport]]:
+        """Every report with its federation round: round 1's, the later rounds' (a device may sit one out,
+        having no arch left to train), and round 1's on the shared baseline."""
+        found = [(1, self.report)] if self.report is not None else []
+        found += zip(self.refinement_rounds, self.refinements, strict=True)
+        return found + ([(1, self.shared_report)] if self.shared_report is not None else [])
+
+    def refined(self, round_number: int, report: TrainingReport) -> None:
+        """Add the report of the SubNet the device trained in round *round_number* (2, 3, ...)."""
+        self.refinements.append(report)
+        self.refinement_rounds.append(round_number)
 
     @property
     def best(self) -> TrainingReport | None:
@@ -95,8 +117,9 @@ class RoundRecorder:
 
     def __init__(self, registry_url: str, console: Console | None = None) -> None:
         self.registry = Registry(registry_url)
-        self.console = console or Console(width=None if sys.stdout.isatty() else 220)
+        self.console = console or table_console()
         self.outcomes: list[DeviceOutcome] = []
+        self.shared_job: str | None = None  # the round's shared-baseline job, once submitted
 
     def register(self, outcome: DeviceOutcome, config: RoundConfig) -> None:
         """Tenant, device and (for an ok device) its search job; the job id goes onto the outcome."""
@@ -114,9 +137,16 @@ class RoundRecorder:
             error=outcome.error or None,
         )
         if outcome.ok and chars is not None:
-            outcome.job_id = self._submit(
-                identity.tenant, chars, outcome.constraints, outcome.profile, config, identity.device
-            )
+            name = device_job_name(config.name, identity.device) if config.name else None
+            profile = outcome.profile
+            if name is not None:
+                profile = started_profile(self.registry, identity.tenant, name, profile)
+            try:
+                outcome.job_id = self._submit(
+                    identity.tenant, chars, outcome.constraints, profile, config, identity.device, name
+                )
+            except JobSettingsError as error:  # this device's job of the run was another search
+                outcome.fail("error", str(error))
 
     def _submit(
         self,
@@ -126,11 +156,12 @@ class RoundRecorder:
         profile: DeviceProfile | None,
         config: RoundConfig,
         device: str | None,
+        name: str | None,
+        role: str = "",
     ) -> str:
-        """A queued job holding all a worker and the orchestrator need (the profile: the latency model)."""
-        job = submit_job(
-            self.registry,
-            tenant,
+        """A job holding all a worker and the orchestrator need (the profile: the latency model): a new
+        queued one, or with a *name*, the run's job of that name (`open_named_job`: done, or to resume)."""
+        settings = job_settings(
             chars,
             space=config.space,
             strategy=config.strategy,
@@ -140,8 +171,11 @@ class RoundRecorder:
             profile=profile,
             options=config.job_options,
             device=device,
+            role=role,
         )
-        return job.id
+        if name is not None:
+            return open_named_job(self.registry, tenant, name, settings).id
+        return self.registry.create_job(tenant, **settings).id
 
     def submit_shared(self, outcomes: Sequence[DeviceOutcome], config: RoundConfig) -> str | None:
         """The one-size-fits-all baseline job: data-agnostic, under the tightest limits of all ok devices.
@@ -163,7 +197,9 @@ class RoundRecorder:
             first, num_samples=classes, label_histogram=(1,) * classes if first.labeled else (),
             class_means=None, class_bases=None, epsilon=None, delta=None,
         )  # fmt: skip
-        return self._submit(ok[0].identity.tenant, generic, tightest, None, config, None)
+        name = shared_job_name(config.name) if config.name else None
+        tenant = ok[0].identity.tenant
+        return self._submit(tenant, generic, tightest, None, config, None, name, SHARED_BASELINE_ROLE)
 
     def search(
         self, outcomes: Sequence[DeviceOutcome], config: RoundConfig
@@ -181,7 +217,7 @@ class RoundRecorder:
                 with self._service(config, len(devices) + int(config.shared_baseline)) as run:
                     run(devices)
                     self._settle(outcomes)
-                    if config.shared_baseline and (shared := self.submit_shared(outcomes, config)):
+                    if config.shared_baseline and (shared := self._shared(outcomes, config)):
                         submitted.append(shared)
                         run([shared])
             except (RuntimeError, SettingsError, RegistryError) as error:
@@ -193,9 +229,18 @@ class RoundRecorder:
                         )
         results = {job_id: result for job_id in submitted if (result := self._result(job_id)) is not None}
         self._settle(outcomes)
+        self.shared_job = shared
         if shared and shared not in results:
             self.console.print(f"[red]shared baseline: search failed[/]: {self._failure(shared)}")
         return results, shared
+
+    def _shared(self, outcomes: Sequence[DeviceOutcome], config: RoundConfig) -> str | None:
+        """`submit_shared`, or None after saying why the run's shared-baseline job was refused."""
+        try:
+            return self.submit_shared(outcomes, config)
+        except JobSettingsError as error:
+            self.console.print(f"[red]shared baseline: refused[/]: {error}", highlight=False)
+            return None
 
     @contextmanager
     def _service(self, config: RoundConfig, jobs: int) -> Iterator[Callable[[Sequence[str]], object]]:
@@ -236,17 +281,18 @@ class RoundRecorder:
             return "the job is gone from the registry"
         return record.error or f"the job ended {record.status}"
 
-    def finish(self, outcomes: Sequence[DeviceOutcome], results: Mapping[str, ResultRecord]) -> None:
-        """Record the reports and final statuses, keep the outcomes, print the summary table."""
+    def finish(
+        self, outcomes: Sequence[DeviceOutcome], results: Mapping[str, ResultRecord], run: str | None = None
+    ) -> None:
+        """Record the reports (each with the *run*'s name and its round) and final statuses, keep the
+        outcomes, print the summary table."""
         self.outcomes = list(outcomes)
         for outcome in outcomes:
             device = outcome.identity.device if outcome.identity else None
-            for report in (*outcome.trained, outcome.shared_report):
-                if report is None:
-                    continue
+            for round_number, report in outcome.rounds:
                 try:
                     predicted = outcome.predicted.get(report.arch)
-                    self.registry.add_report(report_record(report, device, predicted))
+                    self.registry.add_report(report_record(report, device, predicted, run, round_number))
                 except RegistryError as error:  # this device's report only; the others are still stored
                     outcome.fail("error", f"its training report could not be stored: {error}")
             if not outcome.ok and outcome.identity is not None:
@@ -257,7 +303,7 @@ class RoundRecorder:
                     status=outcome.status,
                     error=outcome.error,
                 )
-        self.console.print(summary_table(outcomes, results))
+        self.console.print(summary_table(outcomes, results, self.shared_job))
         for outcome in outcomes:
             if not outcome.ok:
                 self.console.print(
@@ -265,7 +311,9 @@ class RoundRecorder:
                 )
 
 
-def report_record(report: TrainingReport, device: str | None, predicted_ms: float | None) -> ReportRecord:
+def report_record(
+    report: TrainingReport, device: str | None, predicted_ms: float | None, run: str | None, round_number: int
+) -> ReportRecord:
     return ReportRecord(
         report.job_id,
         report.arch,
@@ -277,6 +325,8 @@ def report_record(report: TrainingReport, device: str | None, predicted_ms: floa
         predicted_ms,
         report.latency_ms,
         device,
+        run=run,
+        round=round_number,
     )
 
 
@@ -289,51 +339,41 @@ def _wire(message: Any) -> dict[str, Any]:
     return {} if message is None else json.loads(json.dumps(message.to_wire()[0]))
 
 
-def summary_table(outcomes: Sequence[DeviceOutcome], results: Mapping[str, ResultRecord]) -> Table:
-    """Per device: tier, limits, SubNet, cost, predicted vs measured latency, local accuracy."""
-    table = Table(title="nasfleet round: one personalized SubNet per device")
-    columns = (
-        "device",
-        "tier",
-        "status",
-        "limits (params / MFLOPs / ms)",
-        "SubNet",
-        "params",
-        "MFLOPs",
-        "latency pred/meas ms",
-        "round-1 acc",
-        "local acc",
-        "shared acc",
-    )
-    for column in columns:
-        table.add_column(column, overflow="fold")
+SUMMARY_COLUMNS = [
+    "device", "tier: limits\nparams/FLOPs/ms", "SubNet", "cost\nparams/FLOPs", "latency ms\npred/meas",
+    "accuracy %\nr1/best/shared",
+]  # fmt: skip
+
+
+def summary_table(
+    outcomes: Sequence[DeviceOutcome], results: Mapping[str, ResultRecord], shared_job: str | None = None
+) -> Table:
+    """Per device: tier and limits, SubNet, its cost, predicted vs measured latency, and the held-out
+    accuracy of its round-1 SubNet, of the one it reported best, and of the shared baseline's SubNet."""
+    table = make_table("nasfleet round: one personalized SubNet per device", SUMMARY_COLUMNS, gap=1)
     for o in outcomes:
-        result, c = results.get(o.job_id), o.constraints
-        limits = (
-            "-"
-            if c is None
-            else f"{_num(c.effective_max_params())} / {_num(c.max_flops, 1e6)} / {_num(c.max_latency_ms)}"
-        )
-        best = o.best
-        meas = best.latency_ms if best else None
+        result, c, best = results.get(o.job_id), o.constraints, o.best
+        limits = "-" if c is None else _joined(c.effective_max_params(), c.max_flops, c.max_latency_ms)
+        tier = o.profile.tier if o.profile else "-"
+        cost = "-" if o.cost is None else _joined(*o.cost)
+        accuracies = (o.report, best, o.shared_report)
         table.add_row(
-            o.name,
-            o.profile.tier if o.profile else "-",
-            o.status if o.ok else f"{o.status}: {o.error}",
-            limits,
-            best.arch if best else result.arch if result else "-",
-            _num(o.cost[0] if o.cost else None),
-            _num(o.cost[1] if o.cost else None, 1e6),
-            f"{_num(o.predicted_latency_ms)} / {_num(meas)}",
-            _num(o.report.accuracy if o.report else None),
-            _num(best.accuracy if best else None),
-            _num(o.shared_report.accuracy if o.shared_report else None),
+            o.name if o.ok else f"{o.name} ({o.status})",
+            f"{tier}: {limits}",
+            short_arch(best.arch if best else result.arch if result else "") or "-",
+            cost,
+            _joined(o.predicted_latency_ms, best.latency_ms if best else None),
+            "/".join(_percent(r.accuracy if r else None) for r in accuracies),
         )
+    shared = results.get(shared_job or "")
+    if shared is not None:
+        table.caption = f"shared baseline: job {short_id(shared.job_id)}, SubNet {short_arch(shared.arch)}"
     return table
 
 
-def _num(value: float | int | None, scale: float = 1.0) -> str:
-    if value is None:
-        return "-"
-    scaled = value / scale
-    return f"{scaled:,.0f}" if isinstance(value, int) and scale == 1.0 else f"{scaled:.3g}"
+def _joined(*values: float | int | None) -> str:
+    return "/".join(f"{v:.3g}" if isinstance(v, float) else compact(v) for v in values)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"

@@ -14,6 +14,7 @@ from nasfleet.server.registry.checks import (
     DEVICE_STATUSES,
     FINAL_JOB_STATUSES,
     JOB_STATUSES,
+    JobFinishedError,
     RegistryError,
     SchemaVersionError,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "CacheKey",
     "DeviceRecord",
     "EvaluationRecord",
+    "JobFinishedError",
     "JobRecord",
     "Registry",
     "RegistryError",

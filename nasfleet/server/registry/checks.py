@@ -22,6 +22,7 @@ HASH_LENGTH = 128
 ARCH_LENGTH = 2000
 WORKER_LENGTH = 200
 ERROR_LENGTH = 10_000
+MAX_ROUND = 2**31 - 1  # a report's federation round: an INTEGER column
 JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_JOB_STATUSES = ("done", "failed", "cancelled")
 DEVICE_STATUSES = ("ok", "timeout", "error")
@@ -35,6 +36,14 @@ class RegistryError(Exception):
 
 class SchemaVersionError(RegistryError):
     """The stored schema is newer than this code understands (or cannot be upgraded)."""
+
+
+class JobFinishedError(RegistryError):
+    """A job that is done or failed cannot be cancelled: those statuses are final."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(f"job {job_id} cannot be cancelled: it is {status}")
+        self.job_id, self.status = job_id, status
 
 
 def require(ok: bool, field: str, rule: str, value: object) -> None:

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
 from nasfleet.server.registry.checks import (
@@ -22,6 +22,7 @@ from nasfleet.server.registry.checks import (
     FINAL_JOB_STATUSES,
     HASH_LENGTH,
     JOB_STATUSES,
+    JobFinishedError,
     check_choice,
     check_error_text,
     check_float,
@@ -37,7 +38,16 @@ from nasfleet.server.registry.evaluations import evaluation_values, insert_evalu
 from nasfleet.server.registry.records import EvaluationRecord, JobRecord
 from nasfleet.server.registry.rows import device_row, id_of, job_row, rowcount, table_of, tenant_row
 from nasfleet.server.registry.sessions import Sessions
-from nasfleet.server.registry.tables import DeviceRow, JobRow, TenantRow, as_utc, utcnow
+from nasfleet.server.registry.tables import (
+    DeviceRow,
+    EvaluationRow,
+    JobRow,
+    ReportRow,
+    ResultRow,
+    TenantRow,
+    as_utc,
+    utcnow,
+)
 
 
 class Jobs(Sessions):
@@ -47,10 +57,14 @@ class Jobs(Sessions):
         self, tenant: str, *, space: str, strategy: str, characteristics_hash: str, budget: int,
         seed: int = 0, strategy_config: Mapping[str, Any] | None = None,
         constraints: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None,
-        device: str | None = None,
+        device: str | None = None, name: str | None = None,
     ) -> JobRecord:  # fmt: skip
-        """Open a queued search job for *tenant* (and one of its devices); its id is a fresh UUID hex."""
+        """Open a queued search job for *tenant* (and one of its devices); its id is a fresh UUID hex.
+
+        *name*, if given, must be unused among the tenant's jobs (`find_job` finds the job by it).
+        """
         values = {
+            "name": None if name is None else check_name("name", name),
             "space": check_name("space", space),
             "strategy": check_name("strategy", strategy),
             "characteristics_hash": check_name("characteristics_hash", characteristics_hash, HASH_LENGTH),
@@ -62,6 +76,9 @@ class Jobs(Sessions):
         }
         with self._session(write=True) as session:
             owner = tenant_row(session, check_name("tenant", tenant))
+            if name is not None:
+                taken = bool(read_jobs(session, tenant=owner.name, name=name))
+                require(not taken, "name", f"a name no other job of tenant {owner.name!r} has", name)
             device_id = None
             if device is not None:
                 device_id = device_row(session, owner, check_name("device", device, DEVICE_NAME_LENGTH)).id
@@ -75,6 +92,12 @@ class Jobs(Sessions):
             return None
         with self._session() as session:
             found = read_jobs(session, job_id=job_id)
+            return found[0] if found else None
+
+    def find_job(self, tenant: str, name: str) -> JobRecord | None:
+        """The job of *tenant* named *name*, or None."""
+        with self._session() as session:
+            found = read_jobs(session, tenant=check_name("tenant", tenant), name=check_name("name", name))
             return found[0] if found else None
 
     def list_jobs(
@@ -132,6 +155,46 @@ class Jobs(Sessions):
             update_job_row(session, job_id, changes)
             return added
 
+    def cancel_job(self, job_id: str, reason: str) -> JobRecord:
+        """Cancel a queued or running job with *reason* as its error; a cancelled one is returned as it is.
+
+        Raises `JobFinishedError` if the job is done or failed: those are final.
+        """
+        with self._session(write=True) as session:
+            row = job_row(session, job_id, lock=True)
+            if row.status in ("done", "failed"):
+                raise JobFinishedError(job_id, row.status)
+            if row.status != "cancelled":
+                update_job_row(session, job_id, {"status": "cancelled", "error": check_error_text(reason)})
+            return read_jobs(session, job_id=job_id)[0]
+
+    def reopen_job(self, job_id: str) -> JobRecord:
+        """Queue a cancelled or failed job again, to resume from its checkpoint (evaluations are kept);
+        a queued or running job is returned as it is, a done one refused."""
+        with self._session(write=True) as session:
+            row = job_row(session, job_id, lock=True)
+            require(row.status != "done", "status", "not done to resume the job", row.status)
+            if row.status in FINAL_JOB_STATUSES:
+                row.status, row.error, row.note, row.updated_at = "queued", None, None, utcnow()
+                session.add(row)
+                session.flush()
+            return read_jobs(session, job_id=job_id)[0]
+
+    def delete_job(self, job_id: str) -> dict[str, int]:
+        """Delete a finished (done, failed or cancelled) job with its evaluations, result and reports, in
+        one transaction; how many rows of each went. Refused while it is queued or running."""
+        with self._session(write=True) as session:
+            row = job_row(session, job_id, lock=True)
+            rule = "done, failed or cancelled to delete the job (cancel it first)"
+            require(row.status in FINAL_JOB_STATUSES, "status", rule, row.status)
+            counts = {}
+            owned = {"reports": ReportRow, "results": ResultRow, "evaluations": EvaluationRow}
+            for name, model in owned.items():
+                table = table_of(model)
+                counts[name] = rowcount(session.exec(delete(table).where(table.c.job_id == job_id)))
+            session.exec(delete(table_of(JobRow)).where(table_of(JobRow).c.id == job_id))
+            return counts
+
 
 def update_job_row(session: Session, job_id: str, changes: Mapping[str, Any]) -> None:
     """Apply checked *changes* to a job, locking its row; a final status is never left."""
@@ -172,8 +235,9 @@ def _job_changes(
 
 # -- reading: rows become records here, inside the session ---------------------------------------------------
 def read_jobs(
-    session: Session, tenant: str | None = None, statuses: list[str] | None = None, job_id: str | None = None
-) -> list[JobRecord]:
+    session: Session, tenant: str | None = None, statuses: list[str] | None = None,
+    job_id: str | None = None, name: str | None = None,
+) -> list[JobRecord]:  # fmt: skip
     statement = (
         select(JobRow, TenantRow.name, DeviceRow.name)
         .join(TenantRow, col(JobRow.tenant_id) == col(TenantRow.id))
@@ -185,6 +249,8 @@ def read_jobs(
         statement = statement.where(col(JobRow.status).in_(statuses))
     if job_id is not None:
         statement = statement.where(JobRow.id == job_id)
+    if name is not None:
+        statement = statement.where(JobRow.name == name)
     return [
         JobRecord(
             row.id,
@@ -207,6 +273,7 @@ def read_jobs(
             as_utc(row.created_at),
             as_utc(row.updated_at),
             row.note,
+            row.name,
         )
         for row, tenant_name, device_name in session.exec(
             statement.order_by(col(JobRow.created_at), col(JobRow.id))

@@ -55,6 +55,7 @@ class JobRecord:
     created_at: datetime
     updated_at: datetime
     note: str | None = None
+    name: str | None = None  # unique within the tenant; a search resumes by it
 
     @property
     def finished(self) -> bool:
@@ -109,7 +110,12 @@ class ResultRecord:
 
 @dataclass(frozen=True)
 class ReportRecord:
-    """A device's training report; ``device`` defaults to the job's; storing sets ``id``, ``created_at``."""
+    """A device's training report; ``device`` defaults to the job's; storing sets ``id``, ``created_at``.
+
+    ``run`` and ``round``: the named run (``nasfleet simulate --name``) and its federation round (1, 2,
+    ...) that trained the SubNet; None where unknown (a report from outside a round, an unnamed run's
+    ``run``, or any report stored before registry schema version 5).
+    """
 
     job_id: str
     arch: str
@@ -123,6 +129,8 @@ class ReportRecord:
     device: str | None = None
     id: str | None = None
     created_at: datetime | None = None
+    run: str | None = None
+    round: int | None = None
 
 
 @dataclass(frozen=True)

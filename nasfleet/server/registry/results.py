@@ -14,6 +14,7 @@ from sqlmodel import Session, col, select
 from nasfleet.server.registry.checks import (
     ARCH_LENGTH,
     DEVICE_NAME_LENGTH,
+    MAX_ROUND,
     check_float,
     check_int,
     check_json,
@@ -138,6 +139,8 @@ def _report_values(report: ReportRecord) -> dict[str, Any]:
         "train_seconds": check_float("train_seconds", report.train_seconds, 0.0),
         "num_train": check_int("num_train", report.num_train),
         "num_test": check_int("num_test", report.num_test),
+        "run": None if report.run is None else check_name("run", report.run),
+        "round": None if report.round is None else check_int("round", report.round, 1, MAX_ROUND),
         **latencies,
     }
 
@@ -184,6 +187,8 @@ def read_reports(
             device_name,
             row.public_id,
             as_utc(row.created_at),
+            run=row.run,
+            round=row.round,
         )
         for row, device_name in session.exec(statement.order_by(col(ReportRow.id)))
     ]

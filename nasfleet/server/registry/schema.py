@@ -16,6 +16,7 @@ from sqlmodel import select
 from nasfleet.server.registry.checks import SchemaVersionError
 from nasfleet.server.registry.engines import shown_url
 from nasfleet.server.registry.tables import (
+    JOB_NAME_INDEX,
     EvaluationRow,
     JobRow,
     RegistryInfoRow,
@@ -24,7 +25,7 @@ from nasfleet.server.registry.tables import (
     utcnow,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 # Any 64-bit value: PostgreSQL has no unsigned integers; the advisory lock serializes concurrent migrations.
 MIGRATION_LOCK_ID = 0x6E617366_6C656574 - 2**63
 LEGACY_BATCH_OPTION = "probe_batch"  # the job option batch_size as versions 1 and 2 could store it
@@ -85,12 +86,32 @@ def _version_3(connection: Connection) -> None:
     _rename_probe_batch(connection)
 
 
+def _add_job_names(connection: Connection) -> None:
+    """Version 4: ``jobs.name``, nullable (every older job stays unnamed), unique within a tenant."""
+    if "name" not in _columns(connection, "jobs"):
+        connection.execute(text("ALTER TABLE jobs ADD COLUMN name VARCHAR(64)"))
+    if JOB_NAME_INDEX not in {index["name"] for index in inspect(connection).get_indexes("jobs")}:
+        connection.execute(text(f"CREATE UNIQUE INDEX {JOB_NAME_INDEX} ON jobs (tenant_id, name)"))
+
+
+def _add_report_runs(connection: Connection) -> None:
+    """Version 5: ``reports.run`` and ``reports.round``, nullable: every older report stays valid, with
+    neither (they were stored before reports said which run and round trained them)."""
+    present = _columns(connection, "reports")
+    if "run" not in present:
+        connection.execute(text("ALTER TABLE reports ADD COLUMN run VARCHAR(64)"))
+    if "round" not in present:
+        connection.execute(text("ALTER TABLE reports ADD COLUMN round INTEGER"))
+
+
 def _columns(connection: Connection, table: str) -> set[str]:
     return {column["name"] for column in inspect(connection).get_columns(table)}
 
 
 # Step to version v from v - 1, run in order. Version 0 is "no schema yet"; version 1 is the first schema.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _create_tables, 2: _add_liveness, 3: _version_3}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _create_tables, 2: _add_liveness, 3: _version_3, 4: _add_job_names, 5: _add_report_runs,
+}  # fmt: skip
 
 
 def stored_version(connection: Connection) -> int:

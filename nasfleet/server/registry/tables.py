@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Text, UniqueConstraint, false
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Text, UniqueConstraint, false
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
@@ -21,6 +21,8 @@ from nasfleet.server.registry.checks import (
     NAME_LENGTH,
     WORKER_LENGTH,
 )
+
+JOB_NAME_INDEX = "ix_jobs_tenant_id_name"
 
 
 def utcnow() -> datetime:
@@ -74,9 +76,12 @@ class DeviceRow(Table, table=True):
 
 class JobRow(Table, table=True):
     __tablename__ = "jobs"
+    # A name is unique within its tenant; unnamed jobs (NULL) are not compared, on either backend.
+    __table_args__ = (Index(JOB_NAME_INDEX, "tenant_id", "name", unique=True),)
 
     id: str = Field(primary_key=True, max_length=32)
     tenant_id: int = Field(foreign_key="tenants.id", ondelete="CASCADE", index=True)
+    name: str | None = Field(default=None, max_length=NAME_LENGTH)
     device_id: int | None = Field(default=None, foreign_key="devices.id", ondelete="SET NULL")
     space: str = Field(max_length=NAME_LENGTH)
     strategy: str = Field(max_length=NAME_LENGTH)
@@ -156,6 +161,10 @@ class ReportRow(Table, table=True):
     latency_ms_measured: float | None = None
     num_train: int
     num_test: int
+    # The named run (``nasfleet simulate --name``) and the federation round (1, 2, ...) that trained it;
+    # None where unknown: a report from outside a round (or an unnamed one), or stored before version 5.
+    run: str | None = Field(default=None, max_length=NAME_LENGTH)
+    round: int | None = None
     created_at: datetime = _timestamp()
 
 

@@ -33,7 +33,7 @@ MAX_SEED = 2**32 - 1
 SPACE_OPTIONS = {"channels": (1, 1024), "cells_per_stage": (1, 16)}
 #: The keys `submit_job` stores in a job's options: `JobOptions`' fields and what travels beside them.
 STORED_OPTIONS = ("ask_size", "aggregate", "batch_size", "scoring_seed", "space_options", "probe_data",
-                  "labeled", "characteristics", "profile")  # fmt: skip
+                  "labeled", "characteristics", "profile", "role")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -86,14 +86,15 @@ class JobOptions:
         )
 
 
-def submit_job(
-    registry: Registry, tenant: str, characteristics: DataCharacteristics, *, space: str = "nb201",
-    strategy: str = "evolution", budget: int = 24, seed: int = 0,
-    strategy_config: Mapping[str, Any] | None = None, constraints: ResourceConstraints | None = None,
-    profile: DeviceProfile | None = None, options: JobOptions | None = None, device: str | None = None,
-) -> JobRecord:  # fmt: skip
-    """Open a queued job for *tenant* with everything a worker and a resuming orchestrator need."""
-    registry.create_tenant(tenant, exist_ok=True)
+def job_settings(
+    characteristics: DataCharacteristics, *, space: str = "nb201", strategy: str = "evolution",
+    budget: int = 24, seed: int = 0, strategy_config: Mapping[str, Any] | None = None,
+    constraints: ResourceConstraints | None = None, profile: DeviceProfile | None = None,
+    options: JobOptions | None = None, device: str | None = None, role: str = "",
+) -> dict[str, Any]:  # fmt: skip
+    """What `Registry.create_job` stores of a job (its keyword arguments, by the job record's names):
+    everything a worker and a resuming orchestrator need. *role*, if given, goes to ``options["role"]``
+    to say what a job without a device is for ("shared-baseline": a round's one-size-fits-all search)."""
     stored: dict[str, Any] = {
         **asdict(options or JobOptions()),
         "labeled": characteristics.labeled,
@@ -101,11 +102,23 @@ def submit_job(
     }
     if profile is not None:
         stored["profile"] = profile.to_wire()[0]
-    return registry.create_job(
-        tenant, space=space, strategy=strategy, characteristics_hash=characteristics.digest(),
-        budget=budget, seed=seed, strategy_config=strategy_config,
-        constraints=(constraints or ResourceConstraints()).to_wire()[0], options=stored, device=device,
-    )  # fmt: skip
+    if role:
+        stored["role"] = role
+    return {
+        "space": space, "strategy": strategy, "characteristics_hash": characteristics.digest(),
+        "budget": budget, "seed": seed, "strategy_config": dict(strategy_config or {}),
+        "constraints": (constraints or ResourceConstraints()).to_wire()[0], "options": stored,
+        "device": device,
+    }  # fmt: skip
+
+
+def submit_job(
+    registry: Registry, tenant: str, characteristics: DataCharacteristics, *, name: str | None = None,
+    **settings: Any,
+) -> JobRecord:  # fmt: skip
+    """Open a queued job for *tenant* (named *name*, if given) with *settings* (`job_settings`)."""
+    registry.create_tenant(tenant, exist_ok=True)
+    return registry.create_job(tenant, name=name, **job_settings(characteristics, **settings))
 
 
 @dataclass
