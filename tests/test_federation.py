@@ -272,19 +272,22 @@ def test_a_device_whose_limits_admit_nothing_fails_alone_and_the_shared_job_fits
     ok, failed = outcomes
     assert (failed.status, failed.job_id not in results) == ("error", True)
     assert failed.error.startswith("search failed: ") and "no architecture of nb201 meeting" in failed.error
-    assert ok.ok and ok.job_id in results and shared is not None and shared in results
+    assert list(shared) == ["micro"], "one shared baseline per tier of the devices whose search succeeded"
+    shared_job = shared["micro"]
+    assert ok.ok and ok.job_id in results and shared_job in results
     space = get_space("nb201")
     with Registry(config.registry) as registry:
         for evaluation in registry.evaluations(ok.job_id):
             cost = space.cost(space.decode(evaluation.arch), DIGITS_CLASSES, DIGITS_SHAPE)
             assert cost.params <= 300_000 and profile.predict_latency_ms(cost.flops) <= 20.0
         assert ok.predicted_latency_ms == pytest.approx(profile.predict_latency_ms(results[ok.job_id].flops))
-        job = registry.get_job(shared)
+        job = registry.get_job(shared_job)
         assert job is not None and job.device is None and "profile" not in job.options
         assert messages.ResourceConstraints.from_wire(job.constraints) == messages.ResourceConstraints(
             max_params=300_000, max_latency_ms=20.0
         )
-        assert space.cost(space.decode(results[shared].arch), DIGITS_CLASSES, DIGITS_SHAPE).params <= 300_000
+        shared_arch = space.decode(results[shared_job].arch)
+        assert space.cost(shared_arch, DIGITS_CLASSES, DIGITS_SHAPE).params <= 300_000
 
 
 # -- a round with failing devices ----------------------------------------------------------------------------

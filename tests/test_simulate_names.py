@@ -75,7 +75,9 @@ def test_the_same_name_again_reuses_every_search_and_scores_nothing(runs: tuple[
     assert first.code == 0, first.output
     assert second.code == 0, second.output
     names = sorted(job["name"] for job in first.export["jobs"])
-    assert names == [f"{NAME}.device-0", f"{NAME}.device-1", f"{NAME}.shared-baseline"]
+    assert names[:2] == [f"{NAME}.device-0", f"{NAME}.device-1"]
+    tiers = {device["name"]: device["tier"] for device in first.export["devices"]}
+    assert names[2:] == sorted(f"{NAME}.shared-{tier}" for tier in set(tiers.values())), "one per tier"
     assert second.export["jobs"] == first.export["jobs"], "no new job, none changed"
     assert first.scored() > 0 and second.scored() == first.scored(), "nothing scored again"
     assert len(second.export["evaluations"]) == len(first.export["evaluations"])
@@ -85,9 +87,9 @@ def test_the_same_name_again_reuses_every_search_and_scores_nothing(runs: tuple[
 def test_reports_carry_the_run_and_its_rounds(runs: tuple[Run, Run, Run]) -> None:
     first, second, _ = runs
     reports = first.export["reports"]
-    shared = next(job["id"] for job in first.export["jobs"] if job["name"].endswith(".shared-baseline"))
+    shared = {job["id"] for job in first.export["jobs"] if job["name"].startswith(f"{NAME}.shared-")}
     assert {report["run"] for report in reports} == {NAME}
-    by_device = {(r["device"], r["round"], r["job_id"] == shared) for r in reports}
+    by_device = {(r["device"], r["round"], r["job_id"] in shared) for r in reports}
     assert by_device == {(device, round_number, shared_job) for device in ("device-0", "device-1")
                          for round_number, shared_job in ((1, False), (2, False), (1, True))}  # fmt: skip
     # the rerun trained and reported again: as many new reports, tagged alike, round 1's on the same SubNets

@@ -82,7 +82,8 @@ def simulate(
         bool,
         typer.Option(
             "--shared-baseline/--no-shared-baseline",
-            help="Also train one shared arch (tightest limits) per device.",
+            help="Also train, on every device, its tier's shared arch: one data-agnostic search per tier "
+            "(the tier's tightest limits), what personalization is measured against.",
         ),
     ] = True,
     tier_limits: Annotated[
@@ -101,7 +102,7 @@ def simulate(
         typer.Option(
             "--name",
             help="The run's name (1-48 characters of [A-Za-z0-9_.-]; default: sim-<random hex>): its "
-            "jobs are NAME.<device> and NAME.shared-baseline, its reports carry it. Rerun with the same "
+            "jobs are NAME.<device> and NAME.shared-<tier>, its reports carry it. Rerun with the same "
             "--name to resume: finished searches are reused, not scored again, unfinished or cancelled "
             "ones go on from their checkpoints; local training, later rounds and reports run again. A "
             "device whose job was stored with other settings is refused, naming them.",

@@ -8,10 +8,11 @@ reports choose what each device trains next (`refine`); record everything in the
 does not answer in time or answers with an error is recorded with that status,
 and the round goes on for the others; so does a device whose search fails.
 
-With ``shared-baseline`` the round also searches *one* architecture for the whole fleet: data-agnostic
-(the generic prior batch, no device's characteristics) and under the tightest limits of all devices
-whose own search succeeded, so it fits every one of them; each device trains it too, which measures what
-personalization buys. It is one more job, run once the devices' jobs are done.
+With ``shared-baseline`` the round also searches *one* architecture per hardware tier: data-agnostic
+(the generic prior batch, no device's characteristics) and under the tightest limits of the tier's
+devices whose own search succeeded, so it fits every one of them; each device trains its tier's one too,
+which measures what personalization buys over a per-tier search. They are one more job per tier, run
+once the devices' jobs are done.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from nasfleet.protocol.messages import (
 from nasfleet.protocol.wire import QUERY, TRAIN, pack, unpack
 from nasfleet.server.federation.config import RoundConfig
 from nasfleet.server.federation.refine import refine
-from nasfleet.server.federation.round import DeviceOutcome, RoundRecorder
+from nasfleet.server.federation.round import DeviceOutcome, RoundRecorder, tier_of
 from nasfleet.server.registry import ResultRecord
 
 
@@ -91,11 +92,12 @@ def train_round(
     outcomes: list[DeviceOutcome],
     results: Mapping[str, ResultRecord],
     config: RoundConfig,
-    shared_job: str | None,
+    shared_jobs: Mapping[str, str],
 ) -> None:
-    """Send each ok device its SubNet (then the shared one, if any) and attach the reports it returns."""
-    for shared in (False, True) if shared_job else (False,):
-        jobs = {o.node: shared_job if shared else o.job_id for o in outcomes if o.ok}
+    """Send each ok device its SubNet (then its tier's shared one, if any) and attach the reports it
+    returns."""
+    for shared in (False, True) if shared_jobs else (False,):
+        jobs = {o.node: shared_jobs.get(tier_of(o)) if shared else o.job_id for o in outcomes if o.ok}
         contents = {
             o.node: pack(RecordDict(), "subnet", assignment(o, job, results[job].arch, config))
             for o in outcomes
@@ -169,7 +171,7 @@ def run_round(grid: Grid, config: RoundConfig, recorder: RoundRecorder) -> list[
         except Exception as error:  # e.g. a job the registry refuses: this device fails, the round goes on
             outcome.fail("error", f"could not register the device or submit its search: {_reason(error)}")
     results, shared = recorder.search(outcomes, config)
-    train_round(grid, outcomes, results, config, shared if shared in results else None)
+    train_round(grid, outcomes, results, config, {t: job for t, job in shared.items() if job in results})
     refine(
         outcomes,
         results,

@@ -1,14 +1,16 @@
 """A named run of the federation, and the names of its jobs: how ``nasfleet simulate --name`` resumes.
 
 A run named *NAME* opens each device's search job as the tenant's job ``NAME.<device>`` and the shared
-baseline's as ``NAME.shared-baseline`` (`nasfleet.server.service.named_jobs.open_named_job`). A rerun
+baselines' as ``NAME.shared-<tier>``, one per hardware tier
+(`nasfleet.server.service.named_jobs.open_named_job`). A rerun
 with the same name therefore finds its jobs again: a done one answers from its stored result (nothing
 is scored again), a cancelled, failed or interrupted one goes on from its checkpoint, and one stored with
 other settings refuses its device (`JobSettingsError`, naming each setting that differs).
 
 A job name has at most `NAME_LENGTH` (64) characters, so a run name has at most `MAX_RUN_NAME`: room is
-left for ``.shared-baseline``. A device whose ``NAME.<device>`` would be longer is named by a digest
-instead, ``NAME.<the first 12 hex digits of the SHA-256 of the device's name>``; the job still records
+left for ``.shared-<tier>`` with a built-in tier's name (``.shared-edge-gpu``). A device (or tier) whose
+job name would be longer is named by a digest instead, ``NAME.<the first 12 hex digits of the SHA-256 of
+the device's name>`` (``NAME.shared-<12 hex digits>``); the job still records
 its device, so were two devices ever to share a digest, the second would be refused, never merged.
 
 The latency profile is measured on the device at each query, so no two runs send the same numbers.
@@ -22,13 +24,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 
-from nasfleet.bounds import SHARED_BASELINE_ROLE
 from nasfleet.protocol.messages import DeviceProfile
 from nasfleet.server.registry import Registry
 from nasfleet.server.registry.checks import NAME_LENGTH, check_name
 
-SHARED_SUFFIX = f".{SHARED_BASELINE_ROLE}"
-MAX_RUN_NAME = NAME_LENGTH - len(SHARED_SUFFIX)
+SHARED_PREFIX = ".shared-"
+LONGEST_TIER = "edge-gpu"  # of the built-in tiers (nasfleet.clients.device.DEVICE_TIERS)
+MAX_RUN_NAME = NAME_LENGTH - len(SHARED_PREFIX + LONGEST_TIER)
 DEVICE_DIGEST = 12
 
 
@@ -45,9 +47,12 @@ def device_job_name(run: str, device: str) -> str:
     return f"{run}.{hashlib.sha256(device.encode()).hexdigest()[:DEVICE_DIGEST]}"
 
 
-def shared_job_name(run: str) -> str:
-    """The name of the shared baseline's job in the run named *run*."""
-    return f"{run}{SHARED_SUFFIX}"
+def shared_job_name(run: str, tier: str) -> str:
+    """The name of the shared baseline's job of *tier* in the run named *run*."""
+    name = f"{run}{SHARED_PREFIX}{tier}"
+    if len(name) <= NAME_LENGTH:
+        return name
+    return f"{run}{SHARED_PREFIX}{hashlib.sha256(tier.encode()).hexdigest()[:DEVICE_DIGEST]}"
 
 
 def started_profile(

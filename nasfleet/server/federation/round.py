@@ -119,7 +119,7 @@ class RoundRecorder:
         self.registry = Registry(registry_url)
         self.console = console or table_console()
         self.outcomes: list[DeviceOutcome] = []
-        self.shared_job: str | None = None  # the round's shared-baseline job, once submitted
+        self.shared_jobs: dict[str, str] = {}  # the round's shared-baseline jobs by tier, once submitted
 
     def register(self, outcome: DeviceOutcome, config: RoundConfig) -> None:
         """Tenant, device and (for an ok device) its search job; the job id goes onto the outcome."""
@@ -177,49 +177,60 @@ class RoundRecorder:
             return open_named_job(self.registry, tenant, name, settings).id
         return self.registry.create_job(tenant, **settings).id
 
-    def submit_shared(self, outcomes: Sequence[DeviceOutcome], config: RoundConfig) -> str | None:
-        """The one-size-fits-all baseline job: data-agnostic, under the tightest limits of all ok devices.
+    def submit_shared(self, outcomes: Sequence[DeviceOutcome], config: RoundConfig) -> dict[str, str]:
+        """The one-size-fits-all baselines, one job per hardware tier: data-agnostic, under the tightest
+        limits of the tier's ok devices. By tier, the job ids (a refused job is left out, said why).
 
-        No device's profile: its latency limit cannot be predicted for the whole fleet, so it is left out.
+        No device's profile: its latency limit cannot be predicted for the whole tier, so it is left out.
         """
         ok = [o for o in outcomes if o.ok and o.characteristics is not None and o.identity is not None]
-        if not ok:
-            return None
-        limits = [o.constraints for o in ok if o.constraints is not None]
+        jobs = {}
+        for tier in sorted({tier_of(o) for o in ok}):
+            members = [o for o in ok if tier_of(o) == tier]
+            try:
+                jobs[tier] = self._submit_tier(tier, members, config)
+            except JobSettingsError as error:
+                self.console.print(f"[red]shared baseline {tier}: refused[/]: {error}", highlight=False)
+        return jobs
+
+    def _submit_tier(self, tier: str, members: Sequence[DeviceOutcome], config: RoundConfig) -> str:
+        limits = [o.constraints for o in members if o.constraints is not None]
         tightest = ResourceConstraints(
             **{f.name: _min(getattr(c, f.name) for c in limits) for f in fields(ResourceConstraints)}  # type: ignore[arg-type]
         )
-        first = ok[0].characteristics
-        assert first is not None and ok[0].identity is not None
+        first, identity = members[0].characteristics, members[0].identity
+        assert first is not None and identity is not None
         # Data-agnostic: no sketches and uniform labels, so no device's data (or order) shapes the batch.
         classes = first.num_classes
         generic = replace(
             first, num_samples=classes, label_histogram=(1,) * classes if first.labeled else (),
             class_means=None, class_bases=None, epsilon=None, delta=None,
         )  # fmt: skip
-        name = shared_job_name(config.name) if config.name else None
-        tenant = ok[0].identity.tenant
-        return self._submit(tenant, generic, tightest, None, config, None, name, SHARED_BASELINE_ROLE)
+        name = shared_job_name(config.name, tier) if config.name else None
+        return self._submit(
+            identity.tenant, generic, tightest, None, config, None, name, SHARED_BASELINE_ROLE
+        )
 
     def search(
         self, outcomes: Sequence[DeviceOutcome], config: RoundConfig
-    ) -> tuple[dict[str, ResultRecord], str | None]:
-        """Run the devices' jobs at once through the service, then (with ``shared_baseline``) the shared
-        job under the tightest limits of the devices whose search succeeded; the results by job id, read
-        from the registry, and the shared job's id. A device whose job failed fails with the reason; an
-        ok device gets its predicted latency. If the service itself cannot run (a worker that does not
-        start, a bad broker or registry), every job fails with why.
+    ) -> tuple[dict[str, ResultRecord], dict[str, str]]:
+        """Run the devices' jobs at once through the service, then (with ``shared_baseline``) one shared
+        job per tier, under the tightest limits of the tier's devices whose search succeeded; the results
+        by job id, read from the registry, and the shared jobs by tier. A device whose job failed fails
+        with the reason; an ok device gets its predicted latency. If the service itself cannot run (a
+        worker that does not start, a bad broker or registry), every job fails with why.
         """
         devices = [o.job_id for o in outcomes if o.ok and o.job_id]
-        submitted, shared = list(devices), None
+        submitted, shared = list(devices), {}
+        tiers = len({tier_of(o) for o in outcomes if o.ok and o.job_id}) if config.shared_baseline else 0
         if devices:
             try:
-                with self._service(config, len(devices) + int(config.shared_baseline)) as run:
+                with self._service(config, len(devices) + tiers) as run:
                     run(devices)
                     self._settle(outcomes)
-                    if config.shared_baseline and (shared := self._shared(outcomes, config)):
-                        submitted.append(shared)
-                        run([shared])
+                    if config.shared_baseline and (shared := self.submit_shared(outcomes, config)):
+                        submitted.extend(shared.values())
+                        run(list(shared.values()))
             except (RuntimeError, SettingsError, RegistryError) as error:
                 for job_id in submitted:
                     record = self.registry.get_job(job_id)
@@ -229,18 +240,11 @@ class RoundRecorder:
                         )
         results = {job_id: result for job_id in submitted if (result := self._result(job_id)) is not None}
         self._settle(outcomes)
-        self.shared_job = shared
-        if shared and shared not in results:
-            self.console.print(f"[red]shared baseline: search failed[/]: {self._failure(shared)}")
+        self.shared_jobs = shared
+        for tier, job_id in shared.items():
+            if job_id not in results:
+                self.console.print(f"[red]shared baseline {tier}: search failed[/]: {self._failure(job_id)}")
         return results, shared
-
-    def _shared(self, outcomes: Sequence[DeviceOutcome], config: RoundConfig) -> str | None:
-        """`submit_shared`, or None after saying why the run's shared-baseline job was refused."""
-        try:
-            return self.submit_shared(outcomes, config)
-        except JobSettingsError as error:
-            self.console.print(f"[red]shared baseline: refused[/]: {error}", highlight=False)
-            return None
 
     @contextmanager
     def _service(self, config: RoundConfig, jobs: int) -> Iterator[Callable[[Sequence[str]], object]]:
@@ -303,7 +307,7 @@ class RoundRecorder:
                     status=outcome.status,
                     error=outcome.error,
                 )
-        self.console.print(summary_table(outcomes, results, self.shared_job))
+        self.console.print(summary_table(outcomes, results, self.shared_jobs))
         for outcome in outcomes:
             if not outcome.ok:
                 self.console.print(
@@ -330,6 +334,11 @@ def report_record(
     )
 
 
+def tier_of(outcome: DeviceOutcome) -> str:
+    """The device's hardware tier ("unknown" without a profile): its shared baseline's group."""
+    return outcome.profile.tier if outcome.profile else "unknown"
+
+
 def _min(values: Iterable[float | int | None]) -> float | int | None:
     present = [v for v in values if v is not None]
     return min(present) if present else None
@@ -346,10 +355,12 @@ SUMMARY_COLUMNS = [
 
 
 def summary_table(
-    outcomes: Sequence[DeviceOutcome], results: Mapping[str, ResultRecord], shared_job: str | None = None
+    outcomes: Sequence[DeviceOutcome],
+    results: Mapping[str, ResultRecord],
+    shared_jobs: Mapping[str, str] | None = None,
 ) -> Table:
     """Per device: tier and limits, SubNet, its cost, predicted vs measured latency, and the held-out
-    accuracy of its round-1 SubNet, of the one it reported best, and of the shared baseline's SubNet."""
+    accuracy of its round-1 SubNet, of the one it reported best, and of its tier's shared SubNet."""
     table = make_table("nasfleet round: one personalized SubNet per device", SUMMARY_COLUMNS, gap=1)
     for o in outcomes:
         result, c, best = results.get(o.job_id), o.constraints, o.best
@@ -365,9 +376,11 @@ def summary_table(
             _joined(o.predicted_latency_ms, best.latency_ms if best else None),
             "/".join(_percent(r.accuracy if r else None) for r in accuracies),
         )
-    shared = results.get(shared_job or "")
-    if shared is not None:
-        table.caption = f"shared baseline: job {short_id(shared.job_id)}, SubNet {short_arch(shared.arch)}"
+    shared = {tier: results[job] for tier, job in (shared_jobs or {}).items() if job in results}
+    if shared:
+        table.caption = "shared baselines: " + ", ".join(
+            f"{tier} job {short_id(r.job_id)} {short_arch(r.arch)}" for tier, r in shared.items()
+        )
     return table
 
 
