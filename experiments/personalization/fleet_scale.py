@@ -1,0 +1,120 @@
+"""Issue 14's scale runs: one federation round with N simulated devices on this machine.
+
+Each size is one real ``nasfleet simulate --rounds 1`` (Flower's simulation engine, the embedded Celery
+service, local training on digits), timed from start to exit, with the peak of the whole process
+tree's memory (the sum of every descendant's RSS, sampled every 0.5 s: the command, Ray's actors and
+the Celery workers). A finished size is kept in the JSON and not run again.
+
+    .venv/bin/python experiments/personalization/fleet_scale.py --sizes 4 16 64 256
+    .venv/bin/python experiments/personalization/fleet_scale.py --plot-only      # fleet_scale.png
+
+The settings (``--budget``, ``--train-epochs``) are the command's options, written into the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+OUT = HERE / "results" / "fleet_scale.json"
+
+
+def _tree_rss(root: int) -> int:
+    """Bytes resident in *root* and all its descendants (read from /proc; a process gone meanwhile is 0)."""
+    parents, rss = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        parents[int(entry.name)] = int(fields["PPid"])
+        rss[int(entry.name)] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+    tree, grew = {root}, True
+    while grew:
+        found = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree, grew = tree | found, bool(found)
+    return sum(rss.get(pid, 0) for pid in tree)
+
+
+def run(clients: int, budget: int, epochs: int) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix=f"fleet-{clients}-"))
+    env = {**os.environ, "FLWR_HOME": str(work / "flwr"), "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_UPDATE_CHECK": "1"}  # fmt: skip
+    command = [sys.executable, "-m", "nasfleet.cli", "simulate", "--clients", str(clients), "--rounds", "1",
+               "--budget", str(budget), "--train-epochs", str(epochs), "--registry",
+               f"sqlite:///{work / 'registry.db'}"]  # fmt: skip
+    print(" ".join(command[1:]), file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    with open(work / "stderr.log", "w") as log:
+        process = subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
+    peak, root = [0], process.pid
+
+    def sample() -> None:
+        while process.poll() is None:
+            peak[0] = max(peak[0], _tree_rss(root))
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    code = process.wait()
+    wall = time.perf_counter() - started
+    sampler.join()
+    tail = (work / "stderr.log").read_text().strip().splitlines()[-3:]
+    return {"clients": clients, "budget": budget, "train_epochs": epochs, "exit": code,
+            "wall_seconds": wall, "peak_rss_gib": peak[0] / 2**30, "stderr_tail": tail}  # fmt: skip
+
+
+def plot(results: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [r["clients"] for r in results]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    left.plot(sizes, [r["wall_seconds"] / 60 for r in results], "o-")
+    left.axhline(10, color="grey", linestyle="--", label="goal: 256 devices < 10 min")
+    left.set(xscale="log", xlabel="devices", ylabel="wall time (min)", title="one round")
+    left.legend()
+    right.plot(sizes, [r["peak_rss_gib"] for r in results], "o-")
+    right.set(xscale="log", xlabel="devices", ylabel="peak RSS of the process tree (GiB)")
+    figure.tight_layout()
+    figure.savefig(HERE / "fleet_scale.png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs="*", type=int, default=[4, 16, 64, 256])
+    parser.add_argument("--budget", type=int, default=24)
+    parser.add_argument("--train-epochs", type=int, default=20)
+    parser.add_argument("--plot-only", action="store_true")
+    args = parser.parse_args()
+    results: list[dict[str, Any]] = json.loads(OUT.read_text()) if OUT.exists() else []
+    if not args.plot_only:
+        for size in args.sizes:
+            key = (size, args.budget, args.train_epochs)
+            if any((r["clients"], r["budget"], r["train_epochs"]) == key for r in results):
+                continue
+            results.append(run(size, args.budget, args.train_epochs))
+            results.sort(key=lambda r: (r["budget"], r["train_epochs"], r["clients"]))
+            OUT.parent.mkdir(parents=True, exist_ok=True)
+            OUT.write_text(json.dumps(results, indent=2) + "\n")
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    plot([r for r in results if (r["budget"], r["train_epochs"]) == (args.budget, args.train_epochs)])
+
+
+if __name__ == "__main__":
+    main()

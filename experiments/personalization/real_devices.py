@@ -1,0 +1,133 @@
+"""Issue 14's real-device study: personalized SubNets against their tier's shared SubNet, trained for real.
+
+Each (dataset, seed) is one ``nasfleet simulate`` run, with 8 devices dealt to the 3 hardware tiers,
+Dirichlet(0.5) label skew and the command's defaults (2 rounds, 20 local epochs, one shared baseline
+per tier); every device trains its round-1 SubNet, its round-2 SubNet and its tier's shared SubNet on its
+own data and reports held-out accuracy. The run is named, so a run cut short resumes (its searches are
+reused; the training runs again); a finished run's registry export is kept and not run again.
+
+    .venv/bin/python experiments/personalization/real_devices.py --datasets digits --seeds 0 1 2
+    .venv/bin/python experiments/personalization/real_devices.py --summarize   # real_devices.md/.json
+
+No ground truth is read: every number is a device's own held-out accuracy from its training report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results" / "real_devices"
+CLIENTS = 8
+
+
+def run(dataset: str, seed: int, clients: int) -> Path:
+    """One simulate run; its registry export (JSON) is the result. Skipped if already exported."""
+    out = RESULTS / f"{dataset}-seed-{seed}.json"
+    if out.exists():
+        return out
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    registry = RESULTS / f"{dataset}-seed-{seed}.db"
+    url = f"sqlite:///{registry}"
+    env = {**os.environ, "FLWR_HOME": tempfile.mkdtemp(), "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_UPDATE_CHECK": "1"}  # fmt: skip
+    name = f"study-{dataset}-{seed}"
+    command = [sys.executable, "-m", "nasfleet.cli", "simulate", "--clients", str(clients), "--dataset",
+               dataset, "--seed", str(seed), "--registry", url, "--name", name]  # fmt: skip
+    print(" ".join(command[1:]), file=sys.stderr, flush=True)
+    done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL)  # a failed device: exit 1, kept
+    subprocess.run([sys.executable, "-m", "nasfleet.cli", "registry", "export", "--registry", url, "--out",
+                    str(out)], check=True, env=env)  # fmt: skip
+    exported = json.loads(out.read_text())
+    out.write_text(json.dumps({**exported, "simulate_exit": done.returncode}, indent=1) + "\n")
+    registry.unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{registry}{suffix}").unlink(missing_ok=True)
+    return out
+
+
+def devices(export: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per device: tier, round-1 / round-2 / kept-best / tier-shared accuracy and SubNets."""
+    shared = {job["id"] for job in export["jobs"] if job["options"].get("role") == "shared-baseline"}
+    tiers = {d["name"]: d["tier"] for d in export["devices"]}
+    rows = []
+    for name in sorted(tiers):
+        own = [r for r in export["reports"] if r["device"] == name and r["job_id"] not in shared]
+        base = [r for r in export["reports"] if r["device"] == name and r["job_id"] in shared]
+        by_round = {r["round"]: r for r in own}
+        if 1 not in by_round or not base:
+            rows.append({"device": name, "tier": tiers[name], "complete": False})
+            continue
+        best = max(own, key=lambda r: r["accuracy"])
+        rows.append({
+            "device": name, "tier": tiers[name], "complete": True,
+            "round1": by_round[1]["accuracy"], "round2": by_round.get(2, by_round[1])["accuracy"],
+            "best": best["accuracy"], "shared": base[0]["accuracy"],
+            "subnet": best["arch"], "shared_subnet": base[0]["arch"],
+        })  # fmt: skip
+    return rows
+
+
+def summarize() -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for path in sorted(RESULTS.glob("*-seed-*.json")):
+        dataset, seed = path.stem.split("-seed-")
+        rows = devices(json.loads(path.read_text()))
+        found.setdefault(dataset, {})[seed] = rows
+    summary: dict[str, Any] = {}
+    for dataset, seeds in found.items():
+        rows = [row for seed_rows in seeds.values() for row in seed_rows if row["complete"]]
+        gains = [row["best"] - row["shared"] for row in rows]
+        per_tier = {}
+        for tier in sorted({row["tier"] for row in rows}):
+            mine = [row for row in rows if row["tier"] == tier]
+            per_tier[tier] = {
+                "devices": len(mine), "personalized": statistics.mean(r["best"] for r in mine),
+                "shared": statistics.mean(r["shared"] for r in mine),
+                "beats_shared": sum(r["best"] > r["shared"] for r in mine) / len(mine),
+            }  # fmt: skip
+        distinct = [
+            len({row["subnet"] for row in seed_rows if row["complete"]}) for seed_rows in seeds.values()
+        ]
+        summary[dataset] = {
+            "seeds": sorted(seeds, key=int), "devices": len(rows),
+            "incomplete": sum(not row["complete"] for s in seeds.values() for row in s),
+            "round1": statistics.mean(r["round1"] for r in rows),
+            "round2": statistics.mean(r["round2"] for r in rows),
+            "personalized": statistics.mean(r["best"] for r in rows),
+            "shared": statistics.mean(r["shared"] for r in rows),
+            "mean_gain_points": 100 * statistics.mean(gains),
+            "beats_shared": sum(g > 0 for g in gains) / len(gains),
+            "round2_beats_round1": sum(r["round2"] > r["round1"] for r in rows) / len(rows),
+            "distinct_subnets_per_run": distinct, "per_tier": per_tier,
+        }  # fmt: skip
+    (HERE / "real_devices.json").write_text(
+        json.dumps({"summary": summary, "devices": found}, indent=2) + "\n"
+    )
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="*", default=["digits", "cifar10"])
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--clients", type=int, default=CLIENTS)
+    parser.add_argument("--summarize", action="store_true", help="Only summarize what has run.")
+    args = parser.parse_args()
+    if not args.summarize:
+        for dataset in args.datasets:
+            for seed in args.seeds:
+                run(dataset, seed, args.clients)
+    print(json.dumps(summarize(), indent=2))
+
+
+if __name__ == "__main__":
+    main()
