@@ -144,8 +144,8 @@ def test_ctrl_c_cancels_keeps_the_scored_archs_and_the_name_resumes(tmp_path: Pa
     assert job is not None and job.status == "cancelled" and job.error == "interrupted (Ctrl-C)"
     kept = _stored(url, "nightly")
     assert proc.returncode == 130, err.decode()
-    expected = (f"interrupted: job {job.id} (nightly) cancelled after {job.evaluations_done} of {budget} "
-                "evaluations; its scored archs are kept; rerun with --name nightly to resume")  # fmt: skip
+    expected = (f"interrupted: job {job.id} (nightly) cancelled with {kept} of {budget} evaluations "
+                "scored; they are kept; rerun with --name nightly to resume")  # fmt: skip
     assert expected in err.decode().splitlines() and 4 <= kept < budget and not out.exists()
     assert workers, "the search started its local workers"
     leftover = [pid for pid in spawned if Path(f"/proc/{pid}").exists()]

@@ -89,13 +89,13 @@ def _job_name(name: str | None) -> str:
         raise typer.BadParameter(str(error), param_hint="--name") from None
 
 
-def _interrupted(job: JobRecord) -> str:
+def _interrupted(job: JobRecord, kept: int) -> str:
     """The one line Ctrl-C prints: what became of the job, and how to resume it."""
     if job.status != "cancelled":
         return f"interrupted: job {job.id} ({job.name}) had {job.status} already"
     return (
-        f"interrupted: job {job.id} ({job.name}) cancelled after {job.evaluations_done} of {job.budget} "
-        f"evaluations; its scored archs are kept; rerun with --name {job.name} to resume"
+        f"interrupted: job {job.id} ({job.name}) cancelled with {kept} of {job.budget} evaluations "
+        f"scored; they are kept; rerun with --name {job.name} to resume"
     )
 
 
@@ -227,7 +227,7 @@ def search(
             wait_for_workers_s=wait_for_workers,
         )  # fmt: skip
     except SearchInterruptedError as interrupted:
-        typer.echo(_interrupted(interrupted.job), err=True)
+        typer.echo(_interrupted(interrupted.job, interrupted.kept), err=True)
         raise typer.Exit(130) from None
     except KeyboardInterrupt:  # before the job was opened or resumed
         typer.echo(f"interrupted: the service was starting; job {name} was not run", err=True)

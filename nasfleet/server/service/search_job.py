@@ -65,11 +65,12 @@ class ServiceUnavailableError(RuntimeError):
 
 
 class SearchInterruptedError(Exception):
-    """Ctrl-C stopped the search; ``job`` is its record, cancelled (or finished meanwhile)."""
+    """Ctrl-C stopped the search; ``job`` is its record, cancelled (or finished meanwhile); ``kept`` the
+    evaluations it has stored (scored, some perhaps not yet told to the strategy)."""
 
-    def __init__(self, job: JobRecord) -> None:
-        super().__init__(f"job {job.id} {job.status} after {job.evaluations_done} of {job.budget}")
-        self.job = job
+    def __init__(self, job: JobRecord, kept: int) -> None:
+        super().__init__(f"job {job.id} {job.status} with {kept} of {job.budget} evaluations kept")
+        self.job, self.kept = job, kept
 
 
 def search_through_service(
@@ -126,7 +127,8 @@ def _run(service: Service, job: JobRecord, progress: bool) -> tuple[Orchestrator
 
             orchestrator = service.run_together([job.id], on_step)
     except KeyboardInterrupt:
-        raise SearchInterruptedError(_cancel(service.registry, job.id)) from None
+        cancelled = _cancel(service.registry, job.id)
+        raise SearchInterruptedError(cancelled, len(service.registry.evaluations(job.id))) from None
     record = service.registry.get_job(job.id)
     if record is None or record.status != "done":
         reason = orchestrator.failed.get(job.id) or (record.error if record else None)
