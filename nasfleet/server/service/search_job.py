@@ -106,13 +106,17 @@ def search_through_service(
                 return _report(service.registry, stored, JobRun(stored, service.registry), None, where)
             if broker and (problem := service.broker_problem(BROKER_TIMEOUT_S)):
                 raise ServiceUnavailableError(problem)
-            with _cleanup_ignores_interrupts(), service:
-                if not workers:
-                    _wait_for_workers(service, wait_for_workers_s)
-                where.update(startup_seconds=time.perf_counter() - started, done_before=False)
-                job = open_named_job(service.registry, tenant, name, settings)
-                orchestrator, run = _run(service, job, progress)
-                return _report(service.registry, job, run, orchestrator, where)
+            try:
+                with _cleanup_ignores_interrupts(), service:
+                    if not workers:
+                        _wait_for_workers(service, wait_for_workers_s)
+                    where.update(startup_seconds=time.perf_counter() - started, done_before=False)
+                    job = open_named_job(service.registry, tenant, name, settings)
+                    orchestrator, run = _run(service, job, progress)
+                    return _report(service.registry, job, run, orchestrator, where)
+            except SearchInterruptedError as interrupted:  # the local workers have stopped: count again
+                interrupted.kept = len(service.registry.evaluations(interrupted.job.id))
+                raise
 
 
 def _run(service: Service, job: JobRecord, progress: bool) -> tuple[Orchestrator, JobRun]:
