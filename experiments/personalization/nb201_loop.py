@@ -8,7 +8,10 @@ Per seed, one JSON file under ``--out`` (a finished seed is skipped, so the run 
 - ``zero_cost``: the plain zero-cost search (same strategy, budget and probe, no reports): one arch,
   the same for every device, since the probe batch does not depend on the task;
 - ``shared``: per round, the one arch the fleet would share: the best report of all devices'
-  reports, each standardized by its device's mean and spread.
+  reports, each standardized by its device's mean and spread;
+- ``fit_seconds``: the wall time of every refit of the run (each device after each round), replayed
+  after the loop on the same reports with the device's final priors, so that the loop's timing is not
+  disturbed (the regressor is ``--regressor``, see `DeviceModel`).
 
 Only `summarize.py` reads the ground truth to *measure* the archs; nothing here reads it except
 through the devices' counted reports.
@@ -31,8 +34,20 @@ sys.path.insert(0, str(HERE.parent / "search"))
 from run import JsonlCache  # noqa: E402  (the search study's persistent proxy-value cache)
 
 from nasfleet.data.datasets import load_dataset  # noqa: E402
-from nasfleet.personalization import BenchmarkDevice, LoopSettings, read_table, run_fleet  # noqa: E402
-from nasfleet.personalization.model import Observation, standardized  # noqa: E402
+from nasfleet.personalization import (  # noqa: E402
+    BenchmarkDevice,
+    DeviceRun,
+    LoopSettings,
+    read_table,
+    run_fleet,
+)
+from nasfleet.personalization.model import (  # noqa: E402
+    REGRESSORS,
+    TREE_SETTINGS,
+    DeviceModel,
+    Observation,
+    standardized,
+)
 from nasfleet.proxies.probe import ProbeBatch  # noqa: E402
 from nasfleet.search import SearchConfig, make_strategy, run_search  # noqa: E402
 from nasfleet.spaces import get_space  # noqa: E402
@@ -60,14 +75,13 @@ def run_seed(seed: int, args: argparse.Namespace, batch: ProbeBatch, cache: Json
     plain = run_search(space, make_strategy(space, config, batch), batch, config, progress=False, cache=cache)
     log(f"seed {seed}: zero-cost search done ({time.perf_counter() - started:.0f} s), {plain.best_arch}")
     tables = {task: read_table(args.table, task) for task in TASKS}
-    tables = {task: read_table(args.table, task) for task in TASKS}
     sources = {
         task: BenchmarkDevice(task, task, tables[task], budget=args.reports, seed=1000 * seed + i)
         for i, task in enumerate(TASKS)
     }
     settings = LoopSettings(
         rounds=args.reports, first_budget=args.first, round_budget=args.ask,
-        fleet_weight=args.fleet_weight, kappa=args.kappa,
+        fleet_weight=args.fleet_weight, kappa=args.kappa, regressor=args.regressor,
     )  # fmt: skip
     runs = run_fleet(space, sources, batch, config, settings, tenant="bench", cache=cache)
     reports = [
@@ -79,6 +93,7 @@ def run_seed(seed: int, args: argparse.Namespace, batch: ProbeBatch, cache: Json
     return {
         "seed": seed,
         "settings": vars(settings),
+        "regressor_settings": TREE_SETTINGS.get(args.regressor, ("", "", {}))[2],
         "config": config.to_dict(),
         "zero_cost": {"arch": plain.best_arch, "evaluations": plain.evaluations},
         "loop": {
@@ -92,7 +107,27 @@ def run_seed(seed: int, args: argparse.Namespace, batch: ProbeBatch, cache: Json
         "reports": reports,
         "shared": {str(n): shared_arch(reports, n) for n in range(1, args.reports + 1)},
         "seconds": time.perf_counter() - started,
+        "fit_seconds": refit_seconds(runs, settings),
     }
+
+
+def refit_seconds(runs: dict[str, DeviceRun], settings: LoopSettings) -> list[float]:
+    """Wall seconds of each refit the loop made (every device after every round), replayed."""
+    space, seconds = get_space("nb201"), []
+    prior = {name: run.zero_cost_priors() for name, run in runs.items()}
+    for number in range(1, settings.rounds + 1):
+        seen = [
+            Observation(name, r.arch, r.accuracy, prior[name].get(r.arch, 0.5))
+            for name, run in runs.items()
+            for r in run.reports
+            if r.round <= number
+        ]
+        for name in runs:
+            model = DeviceModel(space, name, fleet_weight=settings.fleet_weight, regressor=settings.regressor)
+            started = time.perf_counter()
+            model.fit(seen)
+            seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,12 +140,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reports", type=int, default=20, help="Rounds, one report per device each.")
     parser.add_argument("--fleet-weight", type=float, default=1.0)
     parser.add_argument("--kappa", type=float, default=0.0)
+    parser.add_argument("--regressor", choices=REGRESSORS, default="bayesian-ridge", help="DeviceModel's.")
+    parser.add_argument("--tree-params", type=json.loads, default={}, help="JSON updating TREE_SETTINGS.")
     parser.add_argument("--probe-seed", type=int, default=0)
     parser.add_argument("--table", type=Path, default=SHARED / "nas-bench-201" / "nb201-accuracy-200ep.csv")
     cache = HERE.parent / "search" / "cache" / "nb201-cifar10-b64-p0-labeled.jsonl"
     parser.add_argument("--cache", type=Path, default=cache, help="The search study's proxy-value cache.")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "nb201")
+    parser.add_argument("--out", type=Path, help="Default: results/nb201, or results/models/REGRESSOR.")
     args = parser.parse_args(argv)
+    if args.tree_params and args.regressor not in TREE_SETTINGS:
+        parser.error(f"--tree-params needs a tree --regressor, but got {args.regressor!r}")
+    TREE_SETTINGS.get(args.regressor, ("", "", {}))[2].update(args.tree_params)  # this process only
+    if args.out is None:
+        default = args.regressor == "bayesian-ridge"
+        args.out = HERE / "results" / ("nb201" if default else f"models/{args.regressor}")
     batch = ProbeBatch.from_dataset(load_dataset("cifar10", "train"), 64, args.probe_seed, True)
     names = SearchConfig("nb201", "random", 1).proxy_names
     probe = {

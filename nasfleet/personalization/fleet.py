@@ -25,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-from nasfleet.personalization.model import DeviceModel, Observation, priors
+from nasfleet.personalization.model import DeviceModel, Observation, check_regressor, priors
 from nasfleet.personalization.reports import Report, ReportError, check_report
 from nasfleet.proxies.probe import ProbeBatch
 from nasfleet.search.config import SearchConfig, SearchError
@@ -53,8 +53,10 @@ class LoopSettings:
     round_budget: int = 8
     fleet_weight: float = 1.0
     kappa: float = 0.0
+    regressor: str = "bayesian-ridge"
 
     def __post_init__(self) -> None:
+        check_regressor(self.regressor)
         for name, low in (("rounds", 1), ("per_round", 1), ("first_budget", 1), ("round_budget", 0)):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= low):
@@ -151,7 +153,8 @@ def run_fleet(
     for name, source in sources.items():
         strategy = make_strategy(space, config, batch)
         loop = SearchLoop(space, strategy, feasibility(space, config, batch), config)
-        model = DeviceModel(space, name, fleet_weight=settings.fleet_weight, kappa=settings.kappa)
+        weights = {"fleet_weight": settings.fleet_weight, "kappa": settings.kappa}
+        model = DeviceModel(space, name, **weights, regressor=settings.regressor)
         runs[name] = DeviceRun(source, loop, LocalScorer(loop, batch, 1, cache), model)
     observations: list[Observation] = []
     for number in range(1, settings.rounds + 1):

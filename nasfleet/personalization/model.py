@@ -10,17 +10,28 @@ For one device, the model predicts how well each candidate would do *on that dev
 
 fitted to reports. The device's own reports have weight 1; the reports of the tenant's other devices
 enter with ``fleet_weight`` (the fleet prior), each device's accuracies standardized by its own mean
-and spread first, since devices differ in task and difficulty. The regressor is scikit-learn's
-`BayesianRidge`, which also gives a predictive spread for the acquisition (an upper confidence bound,
-mean + ``kappa`` x std). Until the reports say something relative (no report, or one per device, whose
-standardized value is 0), the model is the zero-cost prior itself.
+and spread first, since devices differ in task and difficulty. Until the reports say something relative
+(no report, or one per device, whose standardized value is 0), the model is the zero-cost prior itself.
+
+The regressor is a named choice (``regressor``, one of `REGRESSORS`):
+
+- ``"bayesian-ridge"`` (the default): scikit-learn's `BayesianRidge`, which also gives a predictive
+  spread for the acquisition (an upper confidence bound, mean + ``kappa`` x std);
+- ``"lightgbm"`` and ``"xgboost"``: gradient-boosted trees, imported only when chosen. Trees give no
+  predictive spread, so their std is 0 and ``kappa`` has no effect: the acquisition is the mean. Their
+  settings (`TREE_SETTINGS`) are for 1-60 rows: shallow trees, small leaves, a fixed seed, one thread.
+
+`experiments/personalization/models.md` measures the three in the closed loop.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sklearn.linear_model import BayesianRidge
@@ -59,18 +70,63 @@ def standardized(observations: Sequence[Observation]) -> np.ndarray:
     return np.array([(o.accuracy - stats[o.device][0]) / stats[o.device][1] for o in observations])
 
 
+REGRESSORS = ("bayesian-ridge", "lightgbm", "xgboost")
+"""The regressors `DeviceModel` can fit; see the module docstring."""
+
+TREE_SETTINGS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    # name: (package, estimator class, keyword arguments): for 1-60 rows, picked on development seeds
+    # 100-104 (experiments/personalization/models.md); lightgbm: stumps beat 50 trees of 4 leaves there
+    "lightgbm": (
+        "lightgbm", "LGBMRegressor",
+        {"n_estimators": 100, "learning_rate": 0.1, "num_leaves": 2, "min_child_samples": 2,
+         "min_data_in_bin": 1, "random_state": 0, "n_jobs": 1, "verbose": -1},
+    ),
+    "xgboost": (
+        "xgboost", "XGBRegressor",
+        {"n_estimators": 50, "learning_rate": 0.1, "max_depth": 2, "min_child_weight": 1.0,
+         "random_state": 0, "n_jobs": 1},
+    ),
+}  # fmt: skip
+
+
+def check_regressor(name: str) -> None:
+    """Refuse an unknown regressor name, or a tree regressor whose package is not installed."""
+    if name not in REGRESSORS:
+        raise ValueError(f"regressor must be one of {', '.join(REGRESSORS)}, but got {name!r}")
+    if name in TREE_SETTINGS and importlib.util.find_spec(TREE_SETTINGS[name][0]) is None:
+        package = TREE_SETTINGS[name][0]
+        raise ValueError(f"regressor {name!r} needs the {package} package: pip install {package}")
+
+
+def make_regressor(name: str) -> Any:
+    """A fresh, unfitted regressor *name* (`REGRESSORS`); tree packages are imported only here."""
+    check_regressor(name)
+    if name not in TREE_SETTINGS:
+        return BayesianRidge()
+    package, estimator, settings = TREE_SETTINGS[name]
+    return getattr(importlib.import_module(package), estimator)(**settings)
+
+
 class DeviceModel:
     """What one device's next SubNets are chosen by; see the module docstring."""
 
     def __init__(
-        self, space: SearchSpace, device: str, *, fleet_weight: float = 0.5, kappa: float = 1.0
+        self,
+        space: SearchSpace,
+        device: str,
+        *,
+        fleet_weight: float = 0.5,
+        kappa: float = 1.0,
+        regressor: str = "bayesian-ridge",
     ) -> None:
         if not 0.0 <= fleet_weight <= 1.0:
             raise ValueError(f"fleet_weight must lie in [0, 1], but got {fleet_weight!r}")
         if not kappa >= 0.0:
             raise ValueError(f"kappa must be >= 0, but got {kappa!r}")
+        check_regressor(regressor)
         self.space, self.device, self.fleet_weight, self.kappa = space, device, fleet_weight, kappa
-        self.regressor: BayesianRidge | None = None
+        self.kind = regressor
+        self.regressor: Any = None
         self.reports = 0
 
     def fit(self, observations: Sequence[Observation]) -> DeviceModel:
@@ -86,7 +142,7 @@ class DeviceModel:
             return self
         x = self._features([o.arch for o in used], [o.prior for o in used])
         weights = np.array([1.0 if o.device == self.device else self.fleet_weight for o in used])
-        self.regressor = BayesianRidge().fit(x, targets, sample_weight=weights)
+        self.regressor = make_regressor(self.kind).fit(x, targets, sample_weight=weights)
         return self
 
     def predict(self, archs: Sequence[str], priors: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -94,8 +150,11 @@ class DeviceModel:
         prior = np.asarray(priors, dtype=float)
         if self.regressor is None:
             return prior, np.zeros_like(prior)
-        mean, std = self.regressor.predict(self._features(archs, prior), return_std=True)
-        return np.asarray(mean), np.asarray(std)
+        x = self._features(archs, prior)
+        if isinstance(self.regressor, BayesianRidge):
+            mean, std = self.regressor.predict(x, return_std=True)
+            return np.asarray(mean), np.asarray(std)
+        return np.asarray(self.regressor.predict(x), dtype=float), np.zeros(len(prior))  # trees: no spread
 
     def acquisition(self, archs: Sequence[str], priors: Sequence[float]) -> np.ndarray:
         """Upper confidence bound of each arch: what the next reports are spent on."""
