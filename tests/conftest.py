@@ -1,5 +1,5 @@
-"""Shared fixtures: the URLs of the services distributed mode uses, each checked reachable first, a Redis
-database of a module's own, and one torch thread.
+"""Shared fixtures: a registry on each backend (`url`, `registry`), the URLs of the services distributed
+mode uses, each checked reachable first, a Redis database of a module's own, and one torch thread.
 
 A service that cannot be reached skips the test that needs it, unless the environment variable ``CI``
 is set (``CI=true``): then the test fails loudly, so that CI can never pass by skipping. The URLs can be
@@ -13,10 +13,14 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
-from typing import NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit
 
 import pytest
+
+if TYPE_CHECKING:
+    from nasfleet.server.registry import Registry
 
 POSTGRES_ADMIN_URL = os.environ.get("NASFLEET_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("NASFLEET_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -121,3 +125,20 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A registry URL on each backend: an SQLite file, then PostgreSQL (`postgres_url`)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def registry(url: str) -> Iterator[Registry]:
+    """The registry at `url`, open for the test."""
+    from nasfleet.server.registry import Registry
+
+    with Registry(url) as opened:
+        yield opened

@@ -4,9 +4,7 @@ migration; and how a named job is found or refused (`nasfleet.server.service.nam
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,19 +24,6 @@ from nasfleet.server.registry import (
 from nasfleet.server.registry.tables import JOB_NAME_INDEX
 from nasfleet.server.service.jobs import job_settings, submit_job
 from nasfleet.server.service.named_jobs import JobSettingsError, open_named_job
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'registry.db'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
-@pytest.fixture
-def registry(url: str) -> Iterator[Registry]:
-    with Registry(url) as opened:
-        yield opened
 
 
 def _job(registry: Registry, tenant: str = "acme", name: str | None = None) -> JobRecord:

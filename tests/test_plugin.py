@@ -10,10 +10,8 @@ the distribution.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import inspect
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from plugin_support import forget, install
 from typer.testing import CliRunner
 
 from nasfleet.cli import app
@@ -28,47 +27,20 @@ from nasfleet.spaces import NB201Space
 from nasfleet.strategies import PluginWarning, StrategyError, available_strategies, get_strategy
 from nasfleet.testing import check_strategy
 
-EXAMPLE = Path(__file__).parent / "plugins" / "nasfleet-example-strategy"
 DISTRIBUTION, MODULE = "nasfleet-example-strategy", "nasfleet_example_strategy"
-
-
-def _can_build_wheels() -> bool:
-    """pip builds the wheel with this environment's setuptools: it needs bdist_wheel (setuptools >= 70.1
-    has it built in; older ones need the ``wheel`` package)."""
-    try:
-        version = importlib.metadata.version("setuptools")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    major, minor = (int(part) for part in re.findall(r"\d+", version)[:2])
-    return (major, minor) >= (70, 1) or importlib.util.find_spec("wheel") is not None
-
-
-def _forget(module_prefix: str) -> None:
-    for name in [name for name in sys.modules if name.split(".")[0] == module_prefix]:
-        del sys.modules[name]
-    importlib.invalidate_caches()
 
 
 @pytest.fixture(scope="module")
 def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The example plug-in, pip-installed into a temporary directory that is on ``sys.path`` meanwhile."""
-    if not _can_build_wheels():
-        pytest.skip("building the example plug-in needs setuptools >= 70.1 (or the wheel package)")
-    root = tmp_path_factory.mktemp("plugin")
-    source, target = root / "source", root / "site-packages"
-    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index"]
-    pip += ["--quiet", "--disable-pip-version-check", "--target", str(target), str(source)]
-    result = subprocess.run(pip, capture_output=True, text=True, timeout=300, check=False)
-    if result.returncode != 0:
-        pytest.fail(f"pip could not install the example plug-in:\n{result.stdout}\n{result.stderr}")
+    target = install([DISTRIBUTION], tmp_path_factory.mktemp("plugin"))
     sys.path.insert(0, str(target))
     importlib.invalidate_caches()
     try:
         yield target
     finally:
         sys.path.remove(str(target))
-        _forget(MODULE)
+        forget(MODULE)
 
 
 def test_available_strategies_lists_the_plugin_with_its_distribution(installed_plugin: Path) -> None:
@@ -143,8 +115,8 @@ def broken_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
     yield
-    _forget("nasfleet_broken_plugin")
-    _forget("nasfleet_broken_import")
+    forget("nasfleet_broken_plugin")
+    forget("nasfleet_broken_import")
 
 
 def test_broken_plugins_are_reported_by_entry_point_and_left_out(broken_plugins: None) -> None:

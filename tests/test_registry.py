@@ -7,7 +7,7 @@ import math
 import multiprocessing
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -81,19 +81,6 @@ def _dump(url: str) -> str:
         engine.dispose()
     assert "api_keys" in names
     return "\n".join(repr(row) for rows in tables for row in rows)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'registry.db'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
-@pytest.fixture
-def registry(url: str) -> Iterator[Registry]:
-    with Registry(url) as opened:
-        yield opened
 
 
 Call = Callable[[Registry, str], object]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +18,6 @@ from nasfleet.server.registry import SCHEMA_VERSION, EvaluationRecord, Registry,
 from nasfleet.server.registry import ResultRecord as Result
 
 RUN = "sim-0123456789ab"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'registry.db'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
-@pytest.fixture
-def registry(url: str) -> Iterator[Registry]:
-    with Registry(url) as opened:
-        yield opened
 
 
 def _done_job(registry: Registry) -> str:
