@@ -11,7 +11,6 @@ unless every job named can be. Entries of the shared evaluation cache stay: othe
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
@@ -21,7 +20,7 @@ import typer
 
 from nasfleet.bounds import DEFAULT_REGISTRY_URL
 from nasfleet.cli.options import FormatOption, RegistryOption
-from nasfleet.cli.registry import open_registry, print_table, resolve_job_id
+from nasfleet.cli.registry import as_json, open_registry, plain, print_table, resolve_job_id
 from nasfleet.display import short_arch, short_id
 
 if TYPE_CHECKING:
@@ -58,13 +57,6 @@ def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M")
 
 
-def _plain(record: Any) -> dict[str, Any]:
-    """A record as JSON-ready data, without the (large) strategy state."""
-    data = {k: v for k, v in dataclasses.asdict(record).items() if k != "strategy_state"}
-    plain: dict[str, Any] = json.loads(json.dumps(data, default=lambda v: v.isoformat(), allow_nan=False))
-    return plain
-
-
 @jobs_app.command("list")
 def list_command(
     registry: RegistryOption = DEFAULT_REGISTRY_URL,
@@ -83,7 +75,7 @@ def list_command(
     with open_registry(registry) as opened:
         jobs = opened.list_jobs(tenant=tenant, status=status)
     if output_format == "json":
-        typer.echo(json.dumps([_plain(job) for job in jobs], indent=2))
+        typer.echo(as_json(jobs))
         return
     header = ["job", "name", "tenant", "status", "told", "best arch", "best score", "updated (UTC)"]
     rows = [
@@ -106,8 +98,8 @@ def show_command(
         record = find_job(opened, job, tenant)
         result, stored = opened.get_result(record.id), len(opened.evaluations(record.id))
     if output_format == "json":
-        document = {"job": _plain(record), "evaluations_stored": stored,
-                    "result": None if result is None else _plain(result)}  # fmt: skip
+        document = {"job": plain(record), "evaluations_stored": stored,
+                    "result": None if result is None else plain(result)}  # fmt: skip
         typer.echo(json.dumps(document, indent=2))
         return
     fields: dict[str, Any] = {

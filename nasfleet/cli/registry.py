@@ -149,10 +149,16 @@ def _json_value(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _as_json(records: list[Any]) -> str:
+def as_json(records: list[Any]) -> str:
     """Every field of each record (full arch strings, unrounded numbers), as one JSON array."""
-    plain = [{k: v for k, v in dataclasses.asdict(r).items() if k not in HIDDEN_FIELDS} for r in records]
-    return json.dumps(plain, default=_json_value, allow_nan=False, indent=2)
+    rows = [{k: v for k, v in dataclasses.asdict(r).items() if k not in HIDDEN_FIELDS} for r in records]
+    return json.dumps(rows, default=_json_value, allow_nan=False, indent=2)
+
+
+def plain(record: Any) -> dict[str, Any]:
+    """One record as `as_json` writes it, as JSON-ready data (to nest in a larger document)."""
+    data: dict[str, Any] = json.loads(as_json([record]))[0]
+    return data
 
 
 def print_table(title: str, header: list[str], rows: list[list[str]], gap: int = 2) -> None:
@@ -183,7 +189,7 @@ def list_command(
     with open_registry(registry) as opened:
         records = _records(opened, what, tenant)
     if output_format == "json":
-        typer.echo(_as_json(records))
+        typer.echo(as_json(records))
         return
     header, rows = LISTINGS[what](records)
     print_table(f"{what} ({len(rows)})", header, rows, REPORT_GAP if what == "reports" else 2)
@@ -222,9 +228,9 @@ def show_command(
         evaluations = len(opened.evaluations(job_id))
     if output_format == "json":
         document = {
-            "job": json.loads(_as_json([job]))[0], "evaluations_stored": evaluations,
-            "result": json.loads(_as_json([result]))[0] if result is not None else None,
-            "reports": json.loads(_as_json(reports)),
+            "job": plain(job), "evaluations_stored": evaluations,
+            "result": plain(result) if result is not None else None,
+            "reports": json.loads(as_json(reports)),
         }  # fmt: skip
         typer.echo(json.dumps(document, indent=2, allow_nan=False))
         return
