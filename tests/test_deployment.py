@@ -1,7 +1,7 @@
 """Flower's deployment engine, end to end: the recipe of docs/deployment.md, run for real.
 
 One ``flower-superlink`` and two ``flower-supernode`` processes (insecure, on free ports of 127.0.0.1,
-each with its own temporary ``FLWR_HOME``), the Flower App ``deploy/flower`` submitted with
+each with its own temporary ``FLWR_HOME``), the Flower App ``nasfleet/flower_app`` submitted with
 ``flwr run`` through a SuperLink connection in the CLI's ``config.toml``, and one full round. The
 ServerApp runs in a ``flwr-serverapp`` process the SuperLink starts, so the registry it writes is what
 the test observes, with ``flwr ls`` for the run's status.
@@ -11,11 +11,9 @@ This test is never skipped: a missing Flower executable is a failure.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -28,11 +26,13 @@ from typing import Any
 import pytest
 from flwr.cli.config_utils import load_and_validate
 
+import nasfleet.server.federation.local_run
 from nasfleet.clients.app import DeviceSetup
+from nasfleet.processes import stop_trees
 from nasfleet.server.federation.config import RoundConfig
 from nasfleet.server.registry import Registry
 
-APP_DIR = Path(__file__).resolve().parents[1] / "deploy" / "flower"
+APP_DIR = Path(nasfleet.server.federation.local_run.__file__).resolve().parents[2] / "flower_app"
 HOST = "127.0.0.1"
 CONNECTION = "nasfleet-test"
 NUM_DEVICES = 2
@@ -107,60 +107,8 @@ class Processes:
         return "\n".join(tail(log) for _, log in self.started)
 
     def stop(self) -> None:
-        """SIGTERM to every process of the trees (newest first), SIGKILL to those alive after a while."""
-        targets: list[int] = []
-        for process, _ in reversed(self.started):
-            targets += [*descendants(process.pid), process.pid]
-        for pid in targets:
-            _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for process, _ in self.started:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        while any(map(alive, targets)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for pid in filter(alive, targets):
-            _signal(pid, signal.SIGKILL)
-        for process, _ in self.started:
-            process.wait(timeout=STOP_TIMEOUT_S)
-
-
-def descendants(pid: int) -> list[int]:
-    """The live descendants of ``pid``, children before grandchildren (from ``/proc``; none elsewhere)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        kids = children.get(todo.pop(0), [])
-        found += kids
-        todo += kids
-    return found
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not)."""
-    if not Path("/proc/self/stat").exists():  # no procfs: ask the kernel
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _signal(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
+        """Every started process and its descendants: SIGTERM, then SIGKILL (`nasfleet.processes`)."""
+        stop_trees([process for process, _ in self.started], STOP_TIMEOUT_S)
 
 
 @pytest.fixture
@@ -216,14 +164,14 @@ def test_the_flower_app_declares_every_round_and_device_key_with_the_codes_defau
         "clientapp": "nasfleet.clients.app:app",
     }
     declared = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    defaults = {**vars(DeviceSetup()), **vars(RoundConfig(num_clients=NUM_DEVICES))}
+    defaults = {**vars(DeviceSetup()), **vars(RoundConfig())}
     expected = {key.replace("_", "-"): value for key, value in defaults.items()}
     del expected["partition-id"], expected["num-partitions"]
     assert declared == expected
     assert {key: type(value) for key, value in declared.items()} == {
         key: type(value) for key, value in expected.items()
     }, "a float default must be written as a float (60.0, not 60)"
-    assert RoundConfig.from_run_config(declared) == RoundConfig(num_clients=NUM_DEVICES)
+    assert RoundConfig.from_run_config(declared) == RoundConfig()
     node = {"partition-id": 1, "num-partitions": NUM_DEVICES}
     assert DeviceSetup.from_config(node, declared) == DeviceSetup(partition_id=1, num_partitions=NUM_DEVICES)
 

@@ -32,7 +32,6 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.app.metadata import Metadata
 from flwr.clientapp import ClientApp
-from flwr.simulation import run_simulation
 from rich.console import Console
 
 from nasfleet.clients.app import ERROR_BAD_MESSAGE, make_client_app
@@ -40,10 +39,10 @@ from nasfleet.clients.device import assign_tiers
 from nasfleet.protocol import messages
 from nasfleet.protocol.wire import MAX_JSON_CHARS, QUERY, TRAIN, pack, unpack
 from nasfleet.search.loop import archive_fitness
-from nasfleet.server.federation.app import make_server_app, parse_query_reply
+from nasfleet.server.federation.app import parse_query_reply
 from nasfleet.server.federation.config import RoundConfig
 from nasfleet.server.federation.round import DeviceOutcome, RoundRecorder
-from nasfleet.server.federation.simulation import flower_environment, simulate
+from nasfleet.server.federation.simulation import simulate, simulate_in_process
 from nasfleet.server.registry import Registry
 from nasfleet.server.service.jobs import JobRun
 from nasfleet.spaces import get_space
@@ -94,23 +93,15 @@ class Round:
 def _simulate(config: RoundConfig, client_app: ClientApp | None = None) -> Round:
     """Run one round on Flower's simulation engine and read the registry afterwards.
 
-    Without ``client_app`` this is nasfleet's own `simulate`; with one, the same call of Flower's
-    ``run_simulation`` (two Ray CPUs, one per virtual device at a time) with that ClientApp instead.
+    Without ``client_app`` this is nasfleet's own `simulate` (``flwr run`` on a SuperLink of its own); with
+    one, Flower's in-process ``run_simulation`` (two Ray CPUs, one per virtual device at a time) with that
+    ClientApp instead.
     """
     start = time.monotonic()
     if client_app is None:
         outcomes = simulate(config, DEVICES, cpus=2)
     else:
-        recorder = RoundRecorder(config.registry)
-        backend: dict[str, Any] = {
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": 2, "include_dashboard": False},
-        }
-        with flower_environment():
-            run_simulation(
-                make_server_app(config, recorder), client_app, config.num_clients, backend_config=backend
-            )
-        outcomes = recorder.outcomes
+        outcomes = simulate_in_process(config, client_app, RoundRecorder(config.registry), cpus=2)
     seconds = time.monotonic() - start
     with Registry(config.registry) as registry:
         export = registry.export()

@@ -28,7 +28,14 @@ from nasfleet.cli.strategies import check_strategy_name
 
 def simulate(
     clients: Annotated[
-        int, typer.Option("--clients", min=1, max=1000, help="Number of simulated edge devices.")
+        int,
+        typer.Option(
+            "--clients",
+            "--num-supernodes",
+            min=1,
+            max=1000,
+            help="Number of simulated edge devices (Flower's num-supernodes).",
+        ),
     ] = 4,
     dataset: Annotated[
         str, typer.Option("--dataset", help="digits | synthetic[:N] | cifar10[:DIR]")
@@ -128,6 +135,7 @@ def simulate(
     from nasfleet.data.datasets import load_dataset
     from nasfleet.data.partition import partition
     from nasfleet.server.federation.config import RoundConfig
+    from nasfleet.server.federation.local_run import FlowerRunError
     from nasfleet.server.federation.simulation import simulate as run_federation
 
     check_strategy_name(strategy)
@@ -155,9 +163,15 @@ def simulate(
         train_augment=augment, shared_baseline=shared_baseline,
         broker=broker, workers=local_workers, name=name,
     )  # fmt: skip
-    outcomes = run_federation(config, devices)
+    try:
+        outcomes = run_federation(config, devices)
+    except FlowerRunError as error:
+        raise click.ClickException(str(error)) from None
+    shown = _shown(registry)
     typer.echo(f"run {name}: rerun with --name {name} to resume; its jobs: nasfleet jobs list --registry "
-               f"{_shown(registry)}", err=True)  # fmt: skip
+               f"{shown}", err=True)  # fmt: skip
+    typer.echo(f"registry: {shown}; dashboard: nasfleet dashboard --registry {shown}, then open "
+               "http://127.0.0.1:8080/dashboard", err=True)  # fmt: skip
     failed = [o for o in outcomes if not o.ok]
     if len(outcomes) < clients or failed:
         raise click.ClickException(

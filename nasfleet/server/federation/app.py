@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from nasfleet.progress import progress
 from nasfleet.protocol.messages import (
     DataCharacteristics,
     DeviceIdentity,
@@ -34,26 +35,48 @@ from nasfleet.protocol.messages import (
 )
 from nasfleet.protocol.wire import QUERY, TRAIN, pack, unpack
 from nasfleet.server.federation.config import RoundConfig
+from nasfleet.server.federation.outcomes import save_outcomes
 from nasfleet.server.federation.refine import refine
 from nasfleet.server.federation.round import DeviceOutcome, RoundRecorder, tier_of
 from nasfleet.server.registry import ResultRecord
 
+SETTLE_S = 2.0  # with num-clients 0, the round starts once no node has joined for this long
+
 
 def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
-    """The connected node ids, once ``count`` are connected or ``timeout`` seconds have passed."""
+    """The connected node ids, once ``count`` are connected or ``timeout`` seconds have passed; with
+    ``count`` 0, once at least one is and none has joined for ``SETTLE_S`` seconds."""
     deadline = time.monotonic() + timeout
+    seen: list[int] = []
+    changed = time.monotonic()
     while True:
         nodes = sorted(grid.get_node_ids())
-        if len(nodes) >= count or time.monotonic() > deadline:
+        if nodes != seen:
+            seen, changed = nodes, time.monotonic()
+        settled = bool(nodes) and time.monotonic() - changed >= SETTLE_S
+        if (len(nodes) >= count if count else settled) or time.monotonic() > deadline:
             return nodes
         time.sleep(0.5)
 
 
-def exchange(grid: Grid, contents: Mapping[int, RecordDict], kind: str, timeout: float) -> dict[int, Message]:
-    """Send one message per node and return the replies that arrived in time, by node id."""
+def exchange(
+    grid: Grid, contents: Mapping[int, RecordDict], kind: str, timeout: float, label: str = ""
+) -> dict[int, Message]:
+    """Send one message per node and return the replies that arrived in time, by node id; with a
+    *label*, show the replies' progress as they come in."""
     messages = [Message(content, node, kind) for node, content in contents.items()]
-    replies = grid.send_and_receive(messages, timeout=timeout)
-    return {reply.metadata.src_node_id: reply for reply in replies}
+    pending = set(grid.push_messages(messages))
+    replies: dict[int, Message] = {}
+    deadline = time.monotonic() + timeout
+    with progress(label, len(pending), enabled=bool(label)) as update:
+        while pending and time.monotonic() < deadline:
+            for reply in grid.pull_messages(list(pending)):
+                pending.discard(reply.metadata.reply_to_message_id)
+                replies[reply.metadata.src_node_id] = reply
+            update(len(replies))
+            if pending:
+                time.sleep(0.5)
+    return replies
 
 
 def parse_query_reply(node: int, reply: Message | None) -> DeviceOutcome:
@@ -105,7 +128,8 @@ def train_round(
         }
         if not contents:
             continue
-        replies = exchange(grid, contents, TRAIN, config.train_timeout)
+        label = "local training, round 1" + (", shared SubNets" if shared else "") + " (devices done)"
+        replies = exchange(grid, contents, TRAIN, config.train_timeout, label)
         for outcome in outcomes:
             if outcome.node in contents:
                 _attach_report(outcome, replies.get(outcome.node), shared)
@@ -147,7 +171,11 @@ def _read_report(
 
 
 def train_chosen(
-    grid: Grid, outcomes: Sequence[DeviceOutcome], chosen: Mapping[int, str], config: RoundConfig
+    grid: Grid,
+    outcomes: Sequence[DeviceOutcome],
+    chosen: Mapping[int, str],
+    config: RoundConfig,
+    label: str = "local training",
 ) -> dict[int, TrainingReport]:
     """Send each device in *chosen* (node id -> arch) that SubNet under its own job; its checked reports."""
     by_node = {o.node: o for o in outcomes if o.node in chosen}
@@ -155,7 +183,7 @@ def train_chosen(
         node: pack(RecordDict(), "subnet", assignment(o, o.job_id, chosen[node], config))
         for node, o in by_node.items()
     }
-    replies = exchange(grid, contents, TRAIN, config.train_timeout)
+    replies = exchange(grid, contents, TRAIN, config.train_timeout, label)
     reports = {node: _read_report(o, replies.get(node), chosen[node]) for node, o in by_node.items()}
     return {node: report for node, report in reports.items() if report is not None}
 
@@ -172,14 +200,14 @@ def run_round(grid: Grid, config: RoundConfig, recorder: RoundRecorder) -> list[
             outcome.fail("error", f"could not register the device or submit its search: {_reason(error)}")
     results, shared = recorder.search(outcomes, config)
     train_round(grid, outcomes, results, config, {t: job for t, job in shared.items() if job in results})
-    refine(
-        outcomes,
-        results,
-        config,
-        recorder.registry,
-        lambda chosen: train_chosen(grid, outcomes, chosen, config),
-    )
+
+    def train(chosen: Mapping[int, str], number: int) -> dict[int, TrainingReport]:
+        return train_chosen(grid, outcomes, chosen, config, f"local training, round {number} (devices done)")
+
+    refine(outcomes, results, config, recorder.registry, train)
     recorder.finish(outcomes, results, config.name or None)
+    if config.outcomes_file:
+        save_outcomes(outcomes, config.outcomes_file)
     return outcomes
 
 

@@ -25,9 +25,13 @@ class RoundConfig:
     name resumes them (`nasfleet.server.federation.names`), and its reports carry it. "" leaves the jobs
     unnamed (each run searches anew) and the reports without a run. A name is checked on construction:
     1-48 characters of [A-Za-z0-9_.-] (a `RegistryError` naming the field, the rule and the value).
+
+    ``num_clients`` 0 is every node the federation has (a simulation federation's ``num-supernodes``).
+    ``outcomes_file``, when set, is where the round leaves its outcomes for ``nasfleet simulate``, which
+    runs the ServerApp in a process of Flower's (`nasfleet.server.federation.local_run`).
     """
 
-    num_clients: int = 4
+    num_clients: int = 0
     rounds: int = 2
     space: str = "nb201"
     strategy: str = "evolution"
@@ -49,6 +53,7 @@ class RoundConfig:
     broker: str = ""
     workers: int = 2
     name: str = ""
+    outcomes_file: str = ""
 
     def __post_init__(self) -> None:
         if self.name != "":
@@ -59,6 +64,10 @@ class RoundConfig:
         known = {f.name for f in fields(cls)}
         values = {k.replace("-", "_"): v for k, v in run_config.items()}
         return cls(**{k: v for k, v in values.items() if k in known})  # type: ignore[arg-type]
+
+    def to_run_config(self) -> dict[str, ConfigValue]:
+        """The settings as run config keys (kebab-case), the inverse of `from_run_config`."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
 
     @property
     def job_options(self) -> JobOptions:

@@ -26,8 +26,8 @@ from nasfleet.server.federation.round import DeviceOutcome
 from nasfleet.server.registry import Registry, ResultRecord
 from nasfleet.spaces import get_space
 
-#: Sends each device (by node id) the arch it should train this round; returns its reports by node id.
-TrainFn = Callable[[Mapping[int, str]], Mapping[int, TrainingReport]]
+#: Sends each device (by node id) the arch it should train in the given round; returns its reports by node id.
+TrainFn = Callable[[Mapping[int, str], int], Mapping[int, TrainingReport]]
 
 
 def archive_priors(registry: Registry, outcome: DeviceOutcome, aggregate: str) -> dict[str, float]:
@@ -70,7 +70,7 @@ def refine(
             chosen[outcome.node] = candidates[int(np.argmax(scores))]
         if not chosen:
             return
-        reports = train(chosen)
+        reports = train(chosen, round_number)
         for outcome in devices:
             report = reports.get(outcome.node)
             if report is not None:
