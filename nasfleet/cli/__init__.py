@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from nasfleet import __version__
+from nasfleet.cli.data import data_app
 from nasfleet.cli.export import export
 from nasfleet.cli.jobs import jobs_app
 from nasfleet.cli.plugins import proxies_app, spaces_app
@@ -54,6 +55,7 @@ for name, group in (("space", space_app), ("bench", bench_app), ("registry", reg
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(spaces_app, name="spaces")
 app.add_typer(proxies_app, name="proxies")
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:
