@@ -170,8 +170,9 @@ def simulate(
     shown = _shown(registry)
     typer.echo(f"run {name}: rerun with --name {name} to resume; its jobs: nasfleet jobs list --registry "
                f"{shown}", err=True)  # fmt: skip
-    typer.echo(f"registry: {shown}; dashboard: nasfleet dashboard --registry {shown}, then open "
-               "http://127.0.0.1:8080/dashboard", err=True)  # fmt: skip
+    dashboard = f"nasfleet dashboard --registry {shown}, open http://127.0.0.1:8080/dashboard/"
+    typer.echo(f"registry: {shown}. Dashboard: nasfleet tenants add-key default --registry {shown} "
+               f"(prints a key), {dashboard}", err=True)  # fmt: skip
     failed = [o for o in outcomes if not o.ok]
     if len(outcomes) < clients or failed:
         raise click.ClickException(
