@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from nasfleet import __version__
+from nasfleet.cli.dashboard import dashboard
 from nasfleet.cli.data import data_app
 from nasfleet.cli.export import export
 from nasfleet.cli.jobs import jobs_app
@@ -47,7 +48,7 @@ def _root(
     """Federated, multi-tenant, training-free neural architecture search."""
 
 
-for command in (score, search, simulate, worker, orchestrate, serve, export):
+for command in (score, search, simulate, worker, orchestrate, serve, dashboard, export):
     app.command()(command)
 for name, group in (("space", space_app), ("bench", bench_app), ("registry", registry_app),
                     ("tenants", tenants_app), ("strategies", strategies_app)):  # fmt: skip

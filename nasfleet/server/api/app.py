@@ -3,7 +3,8 @@
 A tenant submits a personalized SubNet request (a queued search job), follows its progress, fetches the
 delivered SubNet, lists and cancels its jobs and records training reports. The app only reads and writes
 the registry; the orchestrator (`nasfleet.server.api.runner`) runs the queued jobs, in this process or
-elsewhere.
+elsewhere. The same app serves the web dashboard at ``/dashboard`` (`nasfleet.dashboard`, on the same
+keys) and the API's docs at ``/docs`` and ``/redoc`` with no internet connection.
 
 Isolation: every job route looks the job up *within the caller's tenant*; another tenant's job answers
 exactly as a missing one (the same 404 body), and a device name resolves only among the caller's devices.
@@ -22,6 +23,7 @@ from typing import Annotated, Literal
 
 import anyio
 from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
+from fastapi_offline import FastAPIOffline
 
 from nasfleet.server.api.auth import Tenant, registry_of
 from nasfleet.server.api.errors import ApiError, install_handlers, invalid, responses
@@ -90,11 +92,13 @@ def create_app(
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
         yield
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from fastapi-offline's copies, served by this app: they
+    # work offline (FastAPI's own pages load them from a CDN); no validator is asked about the schema
+    app = FastAPIOffline(
         lifespan=lifespan, title="nasfleet tenant API", version=API_VERSION,
         description="Personalized, training-free NAS: submit a device's data characteristics and "
         "constraints, receive the best SubNet. Authenticate with `Authorization: Bearer <key>` or "
-        "`X-API-Key: <key>`.",
+        "`X-API-Key: <key>`.", swagger_ui_parameters={"validatorUrl": None},
     )  # fmt: skip
     app.state.registry, app.state.settings = registry, settings
     app.state.submit_lock = threading.Lock()
@@ -102,6 +106,9 @@ def create_app(
     app.state.problems = problems or list
     install_handlers(app)
     app.include_router(router)
+    from nasfleet.dashboard import MOUNT, create_dashboard  # here: the dashboard imports this package
+
+    app.mount(MOUNT, create_dashboard(registry))  # the web dashboard, on the same keys
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     _publish_strategy_names(app)
     return app
