@@ -33,7 +33,7 @@ MAX_SEED = 2**32 - 1
 SPACE_OPTIONS = {"channels": (1, 1024), "cells_per_stage": (1, 16)}
 #: The keys `submit_job` stores in a job's options: `JobOptions`' fields and what travels beside them.
 STORED_OPTIONS = ("ask_size", "aggregate", "batch_size", "scoring_seed", "space_options", "probe_data",
-                  "labeled", "characteristics", "profile", "role")  # fmt: skip
+                  "labeled", "characteristics", "profile", "role", "space_revision")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,13 @@ def job_settings(
 ) -> dict[str, Any]:  # fmt: skip
     """What `Registry.create_job` stores of a job (its keyword arguments, by the job record's names):
     everything a worker and a resuming orchestrator need. *role*, if given, goes to ``options["role"]``
-    to say what a job without a device is for ("shared-baseline": a round's one-size-fits-all search)."""
+    to say what a job without a device is for ("shared-baseline": a round's one-size-fits-all search).
+    The space's `revision` is stored too: a job resumed by a nasfleet whose space means other networks
+    is refused (`JobRun`)."""
+    options = options or JobOptions()
     stored: dict[str, Any] = {
-        **asdict(options or JobOptions()),
+        **asdict(options),
+        "space_revision": get_space(space, options.space_options).revision,
         "labeled": characteristics.labeled,
         "characteristics": encode_characteristics(characteristics),
     }
@@ -150,6 +154,11 @@ class JobRun:
             raise SearchError(f"job {record.id}: stored characteristics hash to {chars.digest()}, "
                               f"but the job names {record.characteristics_hash}")  # fmt: skip
         space = get_space(record.space, self.options.space_options)
+        revision = record.options.get("space_revision", space.revision)  # jobs of schema <= 5 have none
+        if revision != space.revision:
+            raise SearchError(f"job {record.id}: created with space {record.space} revision {revision}, but "
+                              f"{record.space} is revision {space.revision} here: its archive and checkpoint "
+                              "describe other networks, so it cannot go on; submit it again")  # fmt: skip
         stored = record.constraints
         constraints = ResourceConstraints.from_wire(stored) if stored else ResourceConstraints()
         feasible = device_feasibility(

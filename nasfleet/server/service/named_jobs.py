@@ -38,7 +38,8 @@ def differences(job: JobRecord, settings: Mapping[str, Any]) -> list[str]:
     for field, asked in settings.items():
         stored = getattr(job, field)
         if field == "options":
-            keys = sorted((set(stored) | set(asked)) - set(UNCOMPARED_OPTIONS))
+            legacy = {"space_revision"} - set(stored)  # stored since registry schema 6; older jobs lack it
+            keys = sorted((set(stored) | set(asked)) - set(UNCOMPARED_OPTIONS) - legacy)
             pairs = [(f"options.{key}", stored.get(key), asked.get(key)) for key in keys]
         else:
             pairs = [(field, stored, asked)]
