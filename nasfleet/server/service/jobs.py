@@ -154,7 +154,8 @@ class JobRun:
             raise SearchError(f"job {record.id}: stored characteristics hash to {chars.digest()}, "
                               f"but the job names {record.characteristics_hash}")  # fmt: skip
         space = get_space(record.space, self.options.space_options)
-        revision = record.options.get("space_revision", space.revision)  # jobs of schema <= 5 have none
+        # jobs created before revisions were stored have none
+        revision = record.options.get("space_revision", space.revision)
         if revision != space.revision:
             raise SearchError(f"job {record.id}: created with space {record.space} revision {revision}, but "
                               f"{record.space} is revision {space.revision} here: its archive and checkpoint "

@@ -38,7 +38,7 @@ def differences(job: JobRecord, settings: Mapping[str, Any]) -> list[str]:
     for field, asked in settings.items():
         stored = getattr(job, field)
         if field == "options":
-            legacy = {"space_revision"} - set(stored)  # stored since registry schema 6; older jobs lack it
+            legacy = {"space_revision"} - set(stored)  # jobs created before revisions were stored lack it
             keys = sorted((set(stored) | set(asked)) - set(UNCOMPARED_OPTIONS) - legacy)
             pairs = [(f"options.{key}", stored.get(key), asked.get(key)) for key in keys]
         else:
