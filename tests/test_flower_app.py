@@ -4,7 +4,8 @@ simulation federation, the managed local SuperLink that ``flwr`` starts itself (
 The same tiny round is run twice: once with the user's command, ``flwr run nasfleet/flower_app --stream``
 (a fresh ``FLWR_HOME``, so Flower's default connection ``local`` with ``address = ":local:"``), and once
 with ``nasfleet simulate``'s `simulate`, which submits the same App to a SuperLink of its own. Both must
-deliver the same SubNet to each device. The managed SuperLink outlives ``flwr run`` by Flower's design;
+deliver the same SubNet to each device, and ``simulate``'s output must hold no warning or notice (the
+main job's "quiet" promise). The managed SuperLink outlives ``flwr run`` by Flower's design;
 the test stops it (and what it started) by PID.
 """
 
@@ -30,6 +31,7 @@ DEVICES = 2
 TINY = {"budget": 8, "ask-size": 8, "probe-batch": 16, "train-epochs": 1, "rounds": 1, "seed": 0}
 TINY |= {"shared-baseline": False, "train-max-seconds": 30.0}
 RUN_TIMEOUT_S = 300
+NOISE = ("warning", "deprecat", "traceback", "terminating")
 
 
 @pytest.fixture
@@ -58,7 +60,7 @@ def subnets(registry_url: str) -> dict[str, str]:
 
 
 def test_flwr_run_on_the_local_simulation_federation_is_the_round_of_nasfleet_simulate(
-    tmp_path: Path, flower_home: Path
+    tmp_path: Path, flower_home: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     by_flwr, by_simulate = f"sqlite:///{tmp_path / 'flwr.db'}", f"sqlite:///{tmp_path / 'simulate.db'}"
     overrides = " ".join(f"{key}={json.dumps(value)}" for key, value in {**TINY, "registry": by_flwr}.items())
@@ -89,3 +91,8 @@ def test_flwr_run_on_the_local_simulation_federation_is_the_round_of_nasfleet_si
 
     assert [(o.status, o.error) for o in outcomes] == [("ok", "")] * DEVICES
     assert subnets(by_simulate) == from_flwr
+    shown = capfd.readouterr()
+    printed = shown.out + shown.err
+    assert "one personalized SubNet per device" in printed and "local training, round 1" in printed
+    quiet = [line for line in printed.splitlines() if any(w in line.lower() for w in NOISE)]
+    assert quiet == [], "the main job's output must hold no warning or notice"

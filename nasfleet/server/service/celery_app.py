@@ -24,6 +24,11 @@ Isolation: unless a queue is named, a deployment's tasks travel on ``nasfleet.<d
 random id its registry stores (`resolve_queue`), and every task carries that id, which a worker of
 another registry refuses. Each worker's main process beats in the
 registry (`nasfleet.server.service.liveness`).
+
+Monitoring: the module-level `app` is also the ``-A`` target of Celery's tools, ``celery -A
+nasfleet.server.service.celery_app inspect ping`` or ``events --dump`` with the workers'
+``NASFLEET_BROKER``; task events are on where the broker carries them (`monitoring_events`). See
+docs/monitoring.md.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +44,7 @@ from queue import Empty
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import SecurityWarning
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from kombu.utils.encoding import bytes_to_str
@@ -67,6 +74,20 @@ ENV = {
 }
 READY_FILE_ENV = "NASFLEET_WORKER_READY_FILE"
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{0,64}")
+
+# A worker that runs as root (uid 0: most containers, CI here) gets Celery's SecurityWarning "You're
+# running the worker with superuser privileges". The danger it names is a message that makes root run
+# code: Celery refuses pickle to root outright, and these workers accept JSON only and run only their
+# registered task. Its cause, the user the worker runs as, is the deployer's to change (run it as
+# another user); no setting of the app removes it. Only that warning is ignored.
+warnings.filterwarnings("ignore", "You're running the worker with superuser privileges", SecurityWarning)
+# kombu's SQLAlchemy transport (the embedded broker) maps its message table with the `noload` loader,
+# which SQLAlchemy 2.1 deprecates: an SADeprecationWarning at the first query of every process that
+# publishes or consumes. The fix is kombu's (its model definition); nothing of ours triggers it but using
+# the transport, so only that warning, from that module, is ignored.
+warnings.filterwarnings(
+    "ignore", r"The ``noload`` loader strategy is deprecated", module=r"kombu\.transport\.sqlalchemy"
+)
 
 
 class SettingsError(ValueError):
@@ -230,6 +251,20 @@ def _broker_options(settings: CelerySettings) -> dict[str, Any]:
     return {"broker_url": settings.broker, "broker_transport": None, "broker_transport_options": options}
 
 
+def monitoring_events(settings: CelerySettings) -> bool:
+    """Whether workers and senders publish Celery's task events: on Redis and RabbitMQ, off on SQLite.
+
+    Events travel on Celery's ``celeryev`` exchange (fanout on Redis, topic on RabbitMQ), whose
+    bindings the broker holds. kombu's SQLAlchemy transport keeps an exchange's bindings in the memory
+    of the process that declared them, so an event a worker publishes finds no monitor's queue there
+    and is dropped (and the worker starts no remote control, which needs a fanout exchange): on the
+    embedded broker events would cost a publish each and show nothing. Where they work, a task costs
+    four publishes (sent, received, started, succeeded), and nothing is kept while no monitor listens;
+    ``experiments/monitoring/events_cost.py`` measures the cost.
+    """
+    return not settings.embedded
+
+
 def configure(app: Celery, settings: CelerySettings) -> Celery:
     """Point *app* at the settings' broker, registry and queue, with the delivery rules of the module."""
     app.conf.update(
@@ -252,7 +287,10 @@ def configure(app: Celery, settings: CelerySettings) -> Celery:
         # late, rejected on worker loss) is redelivered at once instead of after the default 10 s.
         worker_lost_wait=1.0,
         worker_max_tasks_per_child=None,
-        worker_send_task_events=False,
+        # Task events (task-sent .. task-succeeded) for `celery events`, Flower and the like: see
+        # `monitoring_events`.
+        worker_send_task_events=monitoring_events(settings),
+        task_send_sent_event=monitoring_events(settings),
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
