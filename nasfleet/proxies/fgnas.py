@@ -51,12 +51,16 @@ def feature_matrix(output: torch.Tensor) -> torch.Tensor:
 
     Interpretation: a feature of a convolutional block is a channel, and every spatial position of every
     sample is one observation of the C-dimensional feature vector. Outputs without spatial dimensions
-    (B x D) have one position per sample. (Rows = samples over C*H*W features is the other reading; on our
-    development sample it gave Spearman 0.62 for S_FI against 0.88 for this one, see docs/fgnas.md.)
+    (B x D) have one position per sample. A 3-D output is a transformer's token matrix (B, tokens, C): its
+    features are the C embedding channels and every token (the class token too) is a position. (Rows =
+    samples over C*H*W features is the other reading; on our development sample it gave Spearman 0.62 for
+    S_FI against 0.88 for this one, see docs/fgnas.md.)
     """
     matrix = output.detach().double()
     if matrix.dim() == 2:
         return matrix[:, None, :]
+    if matrix.dim() == 3:
+        return matrix
     return matrix.flatten(2).transpose(1, 2)  # (B, H*W, C)
 
 

@@ -283,8 +283,10 @@ def per_sample_weight_grads(
 ) -> torch.Tensor:
     """Per-sample weight gradients of a Conv2d or Linear layer from its input and output gradient."""
     batch = inputs.shape[0]
-    if isinstance(module, nn.Linear):
-        return torch.einsum("bo,bi->boi", grad_output, inputs).reshape(batch, -1)
+    if isinstance(module, nn.Linear):  # summed over every position it saw (a transformer's tokens)
+        positions_in = inputs.reshape(batch, -1, module.in_features)
+        positions_out = grad_output.reshape(batch, -1, module.out_features)
+        return torch.einsum("bpo,bpi->boi", positions_out, positions_in).reshape(batch, -1)
     if not isinstance(module, nn.Conv2d):
         raise TypeError(
             f"per-sample gradients need a Conv2d or Linear layer, but got {type(module).__name__}"
