@@ -71,7 +71,10 @@ def test_get_space_builds_the_plugin_space_by_name(installed: Path) -> None:
         "tinyconv = nasfleet_example_space:TinyConvSpace",
     )
     assert space.encode(space.decode("c8k3-c16k5")) == "c8k3-c16k5"
-    assert space_names() == ["mbv2", "nb201", "tinyconv"] and available_spaces()["nb201"].origin == "built-in"
+    assert (
+        space_names() == ["autoformer", "autoformer-edge", "coer", "mbv2", "nb201", "tinyconv"]
+        and available_spaces()["nb201"].origin == "built-in"
+    )
 
 
 def test_the_space_contract_passes_on_the_plugin_in_one_call(installed: Path) -> None:
@@ -227,7 +230,11 @@ def test_get_space_explains_why_a_broken_plugin_is_unavailable(broken_plugins: N
         ValueError, match=r"'broken = nasfleet_broken_dependency:Anything'.*simulated missing"
     ):
         get_space("broken")
-    with pytest.raises(ValueError, match=r"space must be one of \['mbv2', 'nb201'.*\], but got 'nope'"):
+    with pytest.raises(
+        ValueError,
+        match=r"space must be one of \['autoformer', 'autoformer-edge', 'coer', 'mbv2', 'nb201'.*\], "
+        r"but got 'nope'",
+    ):
         get_space("nope")
 
 

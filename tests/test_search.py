@@ -303,7 +303,10 @@ def test_a_cache_filled_with_the_same_scoring_inputs_changes_only_what_is_scored
         ({"ask_size": 0}, "ask_size must be an integer >= 1, but got 0"),
         ({"seed": -1}, "seed must be an integer >= 0, but got -1"),
         ({"scoring_seed": -1}, "scoring_seed must be None or an integer >= 0, but got -1"),
-        ({"space": "nope"}, "space must be one of ['mbv2', 'nb201'], but got 'nope'"),
+        (
+            {"space": "nope"},
+            "space must be one of ['autoformer', 'autoformer-edge', 'coer', 'mbv2', 'nb201'], but got 'nope'",
+        ),
         ({"aggregate": "fg_fi"}, "aggregate must be the name of one aggregate, but got 'fg_fi'"),
         ({"aggregate": "nope"}, "aggregate: proxies must name registered proxies"),
         ({"strategy_config": {"x": object()}}, "strategy_config must be JSON data"),

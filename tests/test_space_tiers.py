@@ -22,7 +22,7 @@ LEGACY_MBV2 = MBV2Space(widths=(0.5, 0.75, 1.0), scale_head=False)  # revision 1
 DIGITS, CIFAR = (1, 8, 8), (3, 32, 32)
 
 
-@pytest.mark.parametrize("space_name", ["mbv2", "nb201"])
+@pytest.mark.parametrize("space_name", ["autoformer-edge", "coer", "mbv2", "nb201"])
 @pytest.mark.parametrize("shape", [DIGITS, CIFAR])
 def test_the_cheapest_arch_of_every_space_meets_every_tier(
     space_name: str, shape: tuple[int, int, int]

@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from nasfleet.plugins import PluginEntry, PluginGroup, PluginProblem
+from nasfleet.spaces.autoformer import AutoFormerEdgeSpace, AutoFormerSpace
 from nasfleet.spaces.base import ArchitectureError, Cost, Genome, InputShape, SearchSpace, Segment
+from nasfleet.spaces.coer import COERSpace
 from nasfleet.spaces.mbv2 import MBV2Space
 from nasfleet.spaces.nb201 import NB201Space
 
@@ -20,6 +22,9 @@ __all__ = [
     "SPACES",
     "SPACE_PLUGINS",
     "ArchitectureError",
+    "AutoFormerEdgeSpace",
+    "AutoFormerSpace",
+    "COERSpace",
     "Cost",
     "Genome",
     "InputShape",
@@ -34,7 +39,13 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "nasfleet.spaces"
-SPACES: dict[str, type[SearchSpace]] = {"mbv2": MBV2Space, "nb201": NB201Space}
+SPACES: dict[str, type[SearchSpace]] = {
+    "autoformer": AutoFormerSpace,
+    "autoformer-edge": AutoFormerEdgeSpace,
+    "coer": COERSpace,
+    "mbv2": MBV2Space,
+    "nb201": NB201Space,
+}
 SPACE_PLUGINS: PluginGroup[SearchSpace] = PluginGroup("space", ENTRY_POINT_GROUP, SearchSpace, lambda: SPACES)
 
 
