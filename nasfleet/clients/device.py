@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from nasfleet.protocol.messages import DeviceProfile, ResourceConstraints
-from nasfleet.spaces import InputShape, get_space
+from nasfleet.search.latency import calibrate_table
+from nasfleet.spaces import InputShape, SearchSpace, get_space
 from nasfleet.spaces.base import check_input_shape
 
 #: The input shape at which the tiers' FLOP limits are stated (CIFAR-10 images).
@@ -207,12 +208,15 @@ def calibrate_profile(
     *,
     seed: int = 0,
     repeats: int = DEFAULT_REPEATS,
+    spaces: Sequence[SearchSpace] = (),
 ) -> DeviceProfile:
     """Fit the tier's latency model by timing the `REFERENCE_ARCHS` networks on this host.
 
     Each network (initialised under ``seed``) is timed with `measure_latency_ms` at batch 1, and the
     times, multiplied by ``tier.slowdown``, are fitted with `fit_latency`. Takes well under a second at
-    3×32×32 on one CPU thread. ``memory_mb`` is the tier's weight memory.
+    3×32×32 on one CPU thread. ``memory_mb`` is the tier's weight memory. With ``spaces`` the profile
+    also carries a per-layer table for them (`nasfleet.search.latency.calibrate_table`, a few seconds
+    per space), which searches then predict from instead of FLOPs.
     """
     shape = check_input_shape(input_shape, num_classes)
     space = get_space("nb201")
@@ -225,4 +229,5 @@ def calibrate_profile(
             flops.append(space.cost(arch, num_classes, shape).flops)
             times.append(measure_latency_ms(network, shape, tier.slowdown, repeats))
     flops_per_ms, overhead_ms = fit_latency(flops, times)
-    return DeviceProfile(tier.name, flops_per_ms, overhead_ms, tier.memory_mb)
+    layers = calibrate_table(spaces, shape, num_classes, tier.slowdown, seed=seed) if spaces else None
+    return DeviceProfile(tier.name, flops_per_ms, overhead_ms, tier.memory_mb, layers)

@@ -34,6 +34,7 @@ from nasfleet.protocol.checks import (
     text,
 )
 from nasfleet.protocol.checks import require as require  # re-exported
+from nasfleet.protocol.layers import LayerTable
 
 SCHEMA_VERSION = 1
 MAX_CLASSES = 1000
@@ -194,29 +195,42 @@ class DeviceProfile:
     """How fast a device is, for the latency model ``latency_ms = overhead_ms + flops / flops_per_ms``.
 
     ``tier`` names the hardware class; ``flops_per_ms`` and ``overhead_ms`` are fitted on the device by
-    timing reference networks; ``memory_mb`` is the memory available for the model's weights.
+    timing reference networks; ``memory_mb`` is the memory available for the model's weights. ``layers``,
+    when the device measured one, is its per-layer `LayerTable`: searches then predict latency from it
+    (`nasfleet.search.limits.latency_model`), and from the FLOPs model otherwise. A profile without it
+    has exactly the wire form it had before the table existed.
 
     Ranges checked by `from_wire`: ``tier`` 1-64 characters of [A-Za-z0-9_.-]; ``flops_per_ms`` in
-    [1e-3, 1e12]; ``overhead_ms`` in [0, 1e6]; ``memory_mb`` in [1e-3, 1e7].
+    [1e-3, 1e12]; ``overhead_ms`` in [0, 1e6]; ``memory_mb`` in [1e-3, 1e7]; ``layers`` absent, null or
+    as `LayerTable` says.
     """
 
     tier: str
     flops_per_ms: float
     overhead_ms: float
     memory_mb: float
+    layers: LayerTable | None = None
 
     def predict_latency_ms(self, flops: int) -> float:
+        """The FLOPs model's prediction (the layer table needs the network: see `latency_model`)."""
         return self.overhead_ms + flops / self.flops_per_ms
 
     def to_wire(self) -> tuple[Scalars, Arrays]:
-        return {"kind": "profile", "version": SCHEMA_VERSION, **_plain(self)}, {}
+        scalars = {"kind": "profile", "version": SCHEMA_VERSION, **_plain(self)}
+        if self.layers is None:
+            del scalars["layers"]
+        else:
+            scalars["layers"] = self.layers.to_json()
+        return scalars, {}
 
     @classmethod
     def from_wire(cls, scalars: Wire, arrays: Wire | None = None) -> DeviceProfile:
-        _check_version(scalars, "profile", ("tier", "flops_per_ms", "overhead_ms", "memory_mb"))
+        _check_version(scalars, "profile", ("tier", "flops_per_ms", "overhead_ms", "memory_mb", "layers"))
+        layers = scalars.get("layers")
         return cls(
             safe_name(scalars, "tier"), number(scalars, "flops_per_ms", *FLOPS_PER_MS),
             number(scalars, "overhead_ms", *OVERHEAD_MS), number(scalars, "memory_mb", *MEMORY_MB),
+            None if layers is None else LayerTable.from_json(layers),
         )  # fmt: skip
 
 
