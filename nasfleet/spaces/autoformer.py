@@ -68,7 +68,6 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from nasfleet.spaces.base import (
-    ArchitectureError,
     Cost,
     Genome,
     InputShape,
@@ -76,6 +75,7 @@ from nasfleet.spaces.base import (
     Segment,
     check_input_shape,
 )
+from nasfleet.spaces.text import is_int, option_index, prefixed_parts, split_exactly
 from nasfleet.spaces.vit import HEAD_DIM, LayerSpec, TransformerPlan, VisionTransformer, plan_cost
 
 
@@ -98,10 +98,7 @@ PRESETS: dict[str, Options] = {
 }
 GLOBAL_GENES = 2  # embed, depth
 LAYER_GENES = 2  # MLP ratio, heads
-
-
-def _is_int(value: object, minimum: int = 1) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+BLOCKS_NOTE = " (one per block of the depth)"
 
 
 def _is_ratio(value: object) -> bool:
@@ -130,17 +127,17 @@ def _resolve(
     if preset not in PRESETS:
         raise ValueError(f"autoformer: preset must be one of {sorted(PRESETS)}, but got {preset!r}")
     for name, value in (("patch_size", patch_size), ("head_dim", head_dim)):
-        if not _is_int(value):
+        if not is_int(value):
             raise ValueError(f"autoformer: {name} must be an integer >= 1, but got {value!r}")
     default = PRESETS[preset]
     embeds = default.embed_dims if embed_dims is None else embed_dims
     depths = default.depths if depths is None else depths
     ratios = default.mlp_ratios if mlp_ratios is None else mlp_ratios
     heads = default.num_heads if num_heads is None else num_heads
-    _distinct("embed_dims", embeds, "integers >= 1", all(_is_int(e) for e in embeds))
-    _distinct("depths", depths, "integers >= 1", all(_is_int(d) for d in depths))
+    _distinct("embed_dims", embeds, "integers >= 1", all(is_int(e) for e in embeds))
+    _distinct("depths", depths, "integers >= 1", all(is_int(d) for d in depths))
     _distinct("mlp_ratios", ratios, "positive finite numbers", all(_is_ratio(r) for r in ratios))
-    _distinct("num_heads", heads, "integers >= 1", all(_is_int(h) for h in heads))
+    _distinct("num_heads", heads, "integers >= 1", all(is_int(h) for h in heads))
     floats = tuple(float(r) for r in ratios)
     if int(min(embeds) * min(floats)) < 1:
         raise ValueError(
@@ -225,28 +222,20 @@ class AutoFormerSpace(SearchSpace):
         return f"e{embed}-d{depth}-r{','.join(map(str, ratios))}-h{','.join(map(str, heads))}"
 
     def decode(self, text: str) -> Genome:
-        parts = text.strip().split("-")
-        if len(parts) != 4:
-            raise ArchitectureError(
-                f"autoformer: an arch string has 4 parts 'e…-d…-r…-h…' joined by '-', "
-                f"but got {len(parts)} in {text!r}"
-            )
-        for part, prefix in zip(parts, "edrh", strict=True):
-            if not part.startswith(prefix):
-                raise ArchitectureError(f"autoformer: part {part!r} of {text!r} must start with {prefix!r}")
+        parts = prefixed_parts(self.name, text, "edrh")
         options = self.options
-        embed = _lookup("embed", parts[0][1:], options.embed_dims)
-        depth = _lookup("depth", parts[1][1:], options.depths)
+        embed = option_index(self.name, "embed", parts[0], options.embed_dims)
+        depth = option_index(self.name, "depth", parts[1], options.depths)
         count = options.depths[depth]
-        ratios = _split("MLP ratios", parts[2][1:], count)
-        heads = _split("heads", parts[3][1:], count)
+        ratios = split_exactly(self.name, "MLP ratios", parts[2], ",", count, BLOCKS_NOTE)
+        heads = split_exactly(self.name, "heads", parts[3], ",", count, BLOCKS_NOTE)
         genome = [embed, depth] + [0] * (LAYER_GENES * self.slots)
         for i, (ratio, head) in enumerate(zip(ratios, heads, strict=True)):
-            genome[GLOBAL_GENES + LAYER_GENES * i] = _lookup(
-                f"MLP ratio of block {i}", ratio, options.mlp_ratios
+            genome[GLOBAL_GENES + LAYER_GENES * i] = option_index(
+                self.name, f"MLP ratio of block {i}", ratio, options.mlp_ratios
             )
-            genome[GLOBAL_GENES + LAYER_GENES * i + 1] = _lookup(
-                f"heads of block {i}", head, options.num_heads
+            genome[GLOBAL_GENES + LAYER_GENES * i + 1] = option_index(
+                self.name, f"heads of block {i}", head, options.num_heads
             )
         return tuple(genome)
 
@@ -273,25 +262,6 @@ class AutoFormerSpace(SearchSpace):
 
     def cost(self, arch: Genome, num_classes: int = 10, input_shape: InputShape = (3, 32, 32)) -> Cost:
         return plan_cost(self.plan(arch, num_classes, input_shape))
-
-
-def _split(what: str, text: str, count: int) -> list[str]:
-    """``text`` split at ``,``, which must give exactly ``count`` items (one per active block)."""
-    items = text.split(",")
-    if len(items) != count:
-        raise ArchitectureError(
-            f"autoformer: {what} must be {count} values separated by ',' (one per block of the depth), "
-            f"but got {len(items)} in {text!r}"
-        )
-    return items
-
-
-def _lookup(what: str, text: str, options: Sequence[float]) -> int:
-    """Index of the option written ``text``; only the option's own spelling (``str``) is accepted."""
-    names = [str(option) for option in options]
-    if text not in names:
-        raise ArchitectureError(f"autoformer: {what} must be one of {', '.join(names)}, but got {text!r}")
-    return names.index(text)
 
 
 class AutoFormerEdgeSpace(AutoFormerSpace):

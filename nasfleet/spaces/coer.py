@@ -56,6 +56,7 @@ from nasfleet.spaces.base import (
     Segment,
     check_input_shape,
 )
+from nasfleet.spaces.text import is_int, option_index, prefixed_parts, split_exactly
 
 #: Conv layer ops: name -> (separable, kernel).
 OPS: dict[str, tuple[bool, int]] = {
@@ -166,15 +167,15 @@ class COERNetwork(nn.Module):
 @functools.cache
 def _config_choices(stages: int, base_widths: tuple[int, ...], depths: tuple[int, ...]) -> tuple[int, ...]:
     """Validate a configuration, stored unchecked by the constructor, and return its ``choices``."""
-    if not (_is_int(stages, 1) and stages <= MAX_STAGES):
+    if not (is_int(stages, 1) and stages <= MAX_STAGES):
         raise ValueError(f"coer: stages must be an integer in [1, {MAX_STAGES}], but got {stages!r}")
-    widths_ok = all(_is_int(w, MIN_BASE_WIDTH) and w % WIDTH_STEP == 0 for w in base_widths)
+    widths_ok = all(is_int(w, MIN_BASE_WIDTH) and w % WIDTH_STEP == 0 for w in base_widths)
     if not (widths_ok and base_widths and len(set(base_widths)) == len(base_widths)):
         raise ValueError(
             f"coer: base_widths must be distinct multiples of {WIDTH_STEP} that are >= {MIN_BASE_WIDTH}, "
             f"but got {base_widths}"
         )
-    if not (all(_is_int(d, 1) for d in depths) and depths and len(set(depths)) == len(depths)):
+    if not (all(is_int(d, 1) for d in depths) and depths and len(set(depths)) == len(depths)):
         raise ValueError(f"coer: depths must be distinct integers >= 1, but got {depths}")
     conv = (len(base_widths),) + (len(GROWTHS),) * (stages - 1) + (len(OPS),) * (stages * max(depths))
     return conv + (len(POOLS), len(POSITIONS)) * stages + (len(depths),) * stages
@@ -270,25 +271,21 @@ class COERSpace(SearchSpace):
         return f"c{conv}-p{pool}-d{depth}"
 
     def decode(self, text: str) -> Genome:
-        parts = text.strip().split("-")
-        if len(parts) != 3:
-            raise ArchitectureError(
-                f"coer: an arch string has 3 parts 'c…-p…-d…' joined by '-', but got {len(parts)} in {text!r}"
-            )
-        for part, prefix in zip(parts, "cpd", strict=True):
-            if not part.startswith(prefix):
-                raise ArchitectureError(f"coer: part {part!r} of {text!r} must start with {prefix!r}")
-        depth_texts = _split("depths", parts[2][1:], ",", self.stages)
-        depth_genes = [_lookup(f"depth of stage {s}", t, self.depths) for s, t in enumerate(depth_texts)]
-        conv_genes = self._decode_conv(parts[0][1:], depth_genes)
+        parts = prefixed_parts(self.name, text, "cpd")
+        depth_texts = split_exactly(self.name, "depths", parts[2], ",", self.stages)
+        depth_genes = [
+            option_index(self.name, f"depth of stage {s}", t, self.depths) for s, t in enumerate(depth_texts)
+        ]
+        conv_genes = self._decode_conv(parts[0], depth_genes)
         pool_genes: list[int] = []
-        for stage, item in enumerate(_split("pool stages", parts[1][1:], ",", self.stages)):
+        for stage, item in enumerate(split_exactly(self.name, "pool stages", parts[1], ",", self.stages)):
             pool, at, position = item.partition("@")
-            pool_genes.append(_lookup(f"reduction of stage {stage}", pool, POOLS))
+            pool_genes.append(option_index(self.name, f"reduction of stage {stage}", pool, POOLS))
             if (pool == "none") == bool(at):
                 rule = "'none' takes no position" if at else f"'{pool}' needs a position, as '{pool}@pre'"
                 raise ArchitectureError(f"coer: reduction of stage {stage}: {rule}, but got {item!r}")
-            pool_genes.append(_lookup(f"position of stage {stage}", position, POSITIONS) if at else 0)
+            where = f"position of stage {stage}"
+            pool_genes.append(option_index(self.name, where, position, POSITIONS) if at else 0)
         return (*conv_genes, *pool_genes, *depth_genes)
 
     def _decode_conv(self, text: str, depth_genes: list[int]) -> list[int]:
@@ -296,19 +293,21 @@ class COERSpace(SearchSpace):
         slots = max(self.depths)
         widths: list[int] = []  # genes: the base width's, then each growth's
         ops = [0] * (self.stages * slots)
-        for stage, item in enumerate(_split("conv stages", text, ",", self.stages)):
+        for stage, item in enumerate(split_exactly(self.name, "conv stages", text, ",", self.stages)):
             width_text, _, ops_text = item.partition(":")
             if stage == 0:
-                widths.append(_lookup("width of stage 0", width_text, self.base_widths))
+                widths.append(option_index(self.name, "width of stage 0", width_text, self.base_widths))
                 current = self.base_widths[widths[0]]
             else:
                 options = [grow(current, g) for g in range(len(GROWTHS))]
                 what = f"width of stage {stage} (stage {stage - 1}'s {current} grown by {', '.join(GROWTHS)})"
-                widths.append(_lookup(what, width_text, options))
+                widths.append(option_index(self.name, what, width_text, options))
                 current = options[widths[-1]]
             depth = self.depths[depth_genes[stage]]
-            for slot, op in enumerate(_split(f"ops of stage {stage}", ops_text, ".", depth)):
-                ops[stage * slots + slot] = _lookup(f"op of stage {stage} layer {slot}", op, OP_NAMES)
+            stage_ops = split_exactly(self.name, f"ops of stage {stage}", ops_text, ".", depth)
+            for slot, op in enumerate(stage_ops):
+                where = f"op of stage {stage} layer {slot}"
+                ops[stage * slots + slot] = option_index(self.name, where, op, OP_NAMES)
         return widths + ops
 
     def plan(self, arch: Genome, input_shape: InputShape) -> NetworkPlan:
@@ -372,26 +371,3 @@ def _item_cost(item: LayerSpec | ReductionSpec) -> tuple[int, int]:
         per_position = area * c_in + c_in * c_out
         return per_position + 2 * c_in + 2 * c_out, per_position * item.positions
     return area * c_in * c_out + 2 * c_out, area * c_in * c_out * item.positions
-
-
-def _split(what: str, text: str, separator: str, count: int) -> list[str]:
-    """``text`` split at ``separator``, which must give exactly ``count`` items."""
-    items = text.split(separator)
-    if len(items) != count:
-        raise ArchitectureError(
-            f"coer: {what} must be {count} values separated by {separator!r}, "
-            f"but got {len(items)} in {text!r}"
-        )
-    return items
-
-
-def _is_int(value: object, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def _lookup(what: str, text: str, options: Sequence[object]) -> int:
-    """Index of the option written ``text``; only the option's own spelling (``str``) is accepted."""
-    names = [str(option) for option in options]
-    if text not in names:
-        raise ArchitectureError(f"coer: {what} must be one of {', '.join(names)}, but got {text!r}")
-    return names.index(text)

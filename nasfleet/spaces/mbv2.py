@@ -52,7 +52,6 @@ import torch
 from torch import nn
 
 from nasfleet.spaces.base import (
-    ArchitectureError,
     Cost,
     Genome,
     InputShape,
@@ -60,6 +59,7 @@ from nasfleet.spaces.base import (
     Segment,
     check_input_shape,
 )
+from nasfleet.spaces.text import is_int, option_index, prefixed_parts, split_exactly
 
 STEM_CHANNELS = 32
 FIRST_BLOCK_CHANNELS = 16
@@ -193,9 +193,9 @@ def _config_choices(
     """
     rules: tuple[tuple[str, tuple[float, ...], str, bool], ...] = (
         ("widths", widths, "positive numbers", all(w > 0 for w in widths)),
-        ("depths", depths, "integers >= 1", all(_is_int(d, 1) for d in depths)),
-        ("expansions", expansions, "integers >= 1", all(_is_int(e, 1) for e in expansions)),
-        ("kernels", kernels, "odd integers", all(_is_int(k, 1) and k % 2 for k in kernels)),
+        ("depths", depths, "integers >= 1", all(is_int(d, 1) for d in depths)),
+        ("expansions", expansions, "integers >= 1", all(is_int(e, 1) for e in expansions)),
+        ("kernels", kernels, "odd integers", all(is_int(k, 1) and k % 2 for k in kernels)),
     )
     for name, values, rule, ok in rules:
         if not (ok and values and len(set(values)) == len(values)):
@@ -292,20 +292,14 @@ class MBV2Space(SearchSpace):
         return f"w{self.widths[genome[0]]}-d{depths}-e{expansions}-k{kernels}"
 
     def decode(self, text: str) -> Genome:
-        parts = text.strip().split("-")
-        if len(parts) != 4:
-            raise ArchitectureError(
-                f"mbv2: an arch string has 4 parts 'w…-d…-e…-k…' joined by '-', "
-                f"but got {len(parts)} in {text!r}"
-            )
-        for part, prefix in zip(parts, "wdek", strict=True):
-            if not part.startswith(prefix):
-                raise ArchitectureError(f"mbv2: part {part!r} of {text!r} must start with {prefix!r}")
-        width = _lookup("width", parts[0][1:], self.widths)
-        depth_texts = _split("depths", parts[1][1:], ",", len(STAGES))
-        depth_genes = [_lookup(f"depth of stage {s}", t, self.depths) for s, t in enumerate(depth_texts)]
-        expansion_genes = self._decode_blocks("expansion", parts[2][1:], depth_genes, self.expansions)
-        kernel_genes = self._decode_blocks("kernel", parts[3][1:], depth_genes, self.kernels)
+        parts = prefixed_parts(self.name, text, "wdek")
+        width = option_index(self.name, "width", parts[0], self.widths)
+        depth_texts = split_exactly(self.name, "depths", parts[1], ",", len(STAGES))
+        depth_genes = [
+            option_index(self.name, f"depth of stage {s}", t, self.depths) for s, t in enumerate(depth_texts)
+        ]
+        expansion_genes = self._decode_blocks("expansion", parts[2], depth_genes, self.expansions)
+        kernel_genes = self._decode_blocks("kernel", parts[3], depth_genes, self.kernels)
         return (width, *depth_genes, *expansion_genes, *kernel_genes)
 
     def _decode_blocks(
@@ -313,13 +307,14 @@ class MBV2Space(SearchSpace):
     ) -> list[int]:
         """Genes of one per-block segment, with inactive blocks set to 0."""
         genes = [0] * (len(STAGES) * self.slots)
-        for stage, stage_text in enumerate(_split(f"{what} stages", text, ",", len(STAGES))):
-            values = _split(
-                f"{what} values of stage {stage}", stage_text, ".", self.depths[depth_genes[stage]]
+        stage_texts = split_exactly(self.name, f"{what} stages", text, ",", len(STAGES))
+        for stage, stage_text in enumerate(stage_texts):
+            values = split_exactly(
+                self.name, f"{what} values of stage {stage}", stage_text, ".", self.depths[depth_genes[stage]]
             )
             for block, value in enumerate(values):
-                genes[stage * self.slots + block] = _lookup(
-                    f"{what} of stage {stage} block {block}", value, options
+                genes[stage * self.slots + block] = option_index(
+                    self.name, f"{what} of stage {stage} block {block}", value, options
                 )
         return genes
 
@@ -371,26 +366,3 @@ def _block_cost(spec: BlockSpec) -> tuple[int, int]:
     params += per_position + 2 * hidden + 2 * spec.c_out
     flops += per_position * spec.out_positions
     return params, flops
-
-
-def _split(what: str, text: str, separator: str, count: int) -> list[str]:
-    """``text`` split at ``separator``, which must give exactly ``count`` items."""
-    items = text.split(separator)
-    if len(items) != count:
-        raise ArchitectureError(
-            f"mbv2: {what} must be {count} values separated by {separator!r}, "
-            f"but got {len(items)} in {text!r}"
-        )
-    return items
-
-
-def _is_int(value: float, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def _lookup(what: str, text: str, options: Sequence[float]) -> int:
-    """Index of the option written ``text``; only the option's own spelling (``str``) is accepted."""
-    names = [str(option) for option in options]
-    if text not in names:
-        raise ArchitectureError(f"mbv2: {what} must be one of {', '.join(names)}, but got {text!r}")
-    return names.index(text)
