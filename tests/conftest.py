@@ -117,14 +117,10 @@ def one_torch_thread() -> Iterator[None]:
     """One torch intra-op thread during the test: on tiny tensors more threads only add contention (tests
     run many times slower on a loaded host), and timings are steadier. Use it module-wide with
     ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
-    import torch
+    from nasfleet.search.latency import one_thread  # torch is loaded only by the tests that ask
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
