@@ -209,6 +209,16 @@ def alive(pid: int) -> bool:
     return fields is not None and fields[0] != "Z"
 
 
+def stop_server(proc: subprocess.Popen[bytes], workers: Sequence[int]) -> None:
+    """Stop a ``nasfleet serve`` as a user would (SIGTERM, up to 60 s), then SIGKILL the process groups of
+    its *workers* that it failed to stop itself."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=60)
+    kill_groups(workers)
+
+
 def kill_groups(pids: Sequence[int]) -> None:
     """SIGKILL the process groups *pids* lead, those still there."""
     for pid in pids:

@@ -10,7 +10,6 @@ the server with SIGTERM and checks it stopped its workers too.
 from __future__ import annotations
 
 import base64
-import contextlib
 import copy
 import json
 import signal
@@ -34,8 +33,8 @@ from service_support import (
     children,
     free_port,
     job_routes,
-    kill_groups,
     python,
+    stop_server,
 )
 from typer.testing import CliRunner
 
@@ -87,11 +86,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         try:
             yield Server(f"http://127.0.0.1:{port}", registry, keys, proc)
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=60)
-    kill_groups(workers)  # only if the server failed to stop them itself
+            stop_server(proc, workers)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:

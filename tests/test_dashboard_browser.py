@@ -11,10 +11,8 @@ they fail. Selenium is pointed at the system's binaries, so Selenium Manager nev
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
-from service_support import api_client, child_process, children, free_port, kill_groups, wait_for
+from service_support import api_client, child_process, children, free_port, stop_server, wait_for
 
 from nasfleet.server.registry import Registry
 
@@ -99,11 +97,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             workers = children(proc.pid)
             yield Server(url, keys, registry)
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=60)
-            kill_groups(workers)  # only if the server failed to stop them itself
+            stop_server(proc, workers)
 
 
 def _healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> bool:

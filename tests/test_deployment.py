@@ -26,13 +26,12 @@ from typing import Any
 import pytest
 from flwr.cli.config_utils import load_and_validate
 
-import nasfleet.server.federation.local_run
 from nasfleet.clients.app import DeviceSetup
 from nasfleet.processes import stop_trees
 from nasfleet.server.federation.config import RoundConfig
+from nasfleet.server.federation.local_run import APP_DIR, free_port, write_connection
 from nasfleet.server.registry import Registry
 
-APP_DIR = Path(nasfleet.server.federation.local_run.__file__).resolve().parents[2] / "flower_app"
 HOST = "127.0.0.1"
 CONNECTION = "nasfleet-test"
 NUM_DEVICES = 2
@@ -54,12 +53,6 @@ def flower_executable(name: str) -> str:
             f"{name} is not installed next to {sys.executable} nor on PATH: install flwr", pytrace=False
         )
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
@@ -144,15 +137,6 @@ def flwr_cli(processes: Processes, home: Path, *args: str, timeout: float = 60.0
     return reply
 
 
-def write_connection(home: Path, port: int) -> None:
-    """The Flower CLI's configuration: one insecure SuperLink connection, the default."""
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-        f'[superlink.{CONNECTION}]\naddress = "{HOST}:{port}"\ninsecure = true\n'
-    )
-
-
 def test_the_flower_app_declares_every_round_and_device_key_with_the_codes_default() -> None:
     """``[tool.flwr.app.config]`` = RoundConfig + DeviceSetup keys, kebab-case, with their defaults;
     only ``partition-id``/``num-partitions`` are left to each SuperNode's node config."""
@@ -205,7 +189,7 @@ def test_one_round_on_the_deployment_engine(tmp_path: Path, processes: Processes
         )
 
     cli_home = tmp_path / "home-cli"
-    write_connection(cli_home, superlink_port)
+    write_connection(cli_home, f"{HOST}:{superlink_port}", CONNECTION)
     overrides = (
         f"registry={json.dumps(registry_url)} num-clients={NUM_DEVICES} budget=8 ask-size=8 probe-batch=16 "
         "train-epochs=1 shared-baseline=false node-wait=60.0 query-timeout=120.0 train-timeout=120.0"

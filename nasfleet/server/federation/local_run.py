@@ -145,9 +145,11 @@ def tail(log: Path, lines: int = 15) -> str:
         return f"(no log at {log})"
 
 
-def write_connection(home: Path, address: str) -> None:
-    """The CLI's ``config.toml`` in *home*: one insecure SuperLink connection, `CONNECTION`, the default."""
-    config = {"superlink": {"default": CONNECTION, CONNECTION: {"address": address, "insecure": True}}}
+def write_connection(home: Path, address: str, name: str = CONNECTION) -> None:
+    """The CLI's ``config.toml`` in *home* (created if need be): one insecure SuperLink connection,
+    *name*, the default."""
+    config = {"superlink": {"default": name, name: {"address": address, "insecure": True}}}
+    home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text(tomli_w.dumps(config))
 
 
