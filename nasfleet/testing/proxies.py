@@ -44,6 +44,7 @@ class ProxyCase:
             for space in spaces
             for i in range(ARCHS_PER_SPACE)
         ]
+        self._first: dict[int, tuple[float, list[str]]] = {}
 
     @property
     def label(self) -> str:
@@ -52,6 +53,20 @@ class ProxyCase:
     def score(self, space: SearchSpace, arch: Genome, labeled: bool = True) -> float:
         job = ScoringJob(space, synthetic_batch(labeled), (self.proxy,), seed=0, device="cpu")
         return job.values(arch, job.probe(arch, (self.proxy,)), (self.proxy,))[0]
+
+    def first_score(self, index: int) -> tuple[float, list[str]]:
+        """Arch ``index``'s labeled score, and the names of the parameters the proxy changed, computed once
+        and shared by the checks that only read them (`check_values` still scores each arch a second time).
+        """
+        if index not in self._first:
+            space, arch = self.archs[index]
+            job = ScoringJob(space, synthetic_batch(), (self.proxy,), seed=0, device="cpu")
+            probe = job.probe(arch, (self.proxy,))
+            before = {name: p.detach().clone() for name, p in probe.network.named_parameters()}
+            value = job.values(arch, probe, (self.proxy,))[0]
+            after = probe.network.named_parameters()
+            self._first[index] = (value, [name for name, p in after if not torch.equal(p, before[name])])
+        return self._first[index]
 
 
 def check_declaration(case: ProxyCase) -> None:
@@ -69,8 +84,8 @@ def check_declaration(case: ProxyCase) -> None:
 
 def check_values(case: ProxyCase) -> None:
     """A finite float for every network, and the same again for the same network and batch."""
-    for space, arch in case.archs:
-        value = case.score(space, arch)
+    for index, (space, arch) in enumerate(case.archs):
+        value, _ = case.first_score(index)
         expect(type(value) is float and math.isfinite(value), f"{space.encode(arch)}: got {value!r}")
         again = case.score(space, arch)
         expect(
@@ -81,7 +96,7 @@ def check_values(case: ProxyCase) -> None:
 
 def check_discriminates(case: ProxyCase) -> None:
     """Not one value for every network: a proxy that ties them all ranks nothing."""
-    values = [case.score(space, arch) for space, arch in case.archs]
+    values = [case.first_score(index)[0] for index in range(len(case.archs))]
     expect(len(set(values)) > 1, f"every network scored {values[0]}: the proxy tells none apart")
 
 
@@ -102,12 +117,8 @@ def check_labels(case: ProxyCase) -> None:
 
 def check_weights_unchanged(case: ProxyCase) -> None:
     """The network's parameters after the proxy are those before it: other proxies read the same probe."""
-    for space, arch in case.archs:
-        job = ScoringJob(space, synthetic_batch(), (case.proxy,), seed=0, device="cpu")
-        probe = job.probe(arch, (case.proxy,))
-        before = {name: p.detach().clone() for name, p in probe.network.named_parameters()}
-        job.values(arch, probe, (case.proxy,))
-        changed = [name for name, p in probe.network.named_parameters() if not torch.equal(p, before[name])]
+    for index, (space, arch) in enumerate(case.archs):
+        changed = case.first_score(index)[1]
         expect(not changed, f"{space.encode(arch)}: the proxy changed the weights of {changed[:3]}")
 
 
