@@ -22,6 +22,7 @@ from nasfleet.proxies.fgnas import (
     important_blocks,
     nonlinear_fusion,
     reduce_features,
+    reduced_scores,
     spectral_norm_estimate,
 )
 from nasfleet.proxies.probe import Probe, ProbeBatch
@@ -43,7 +44,7 @@ def test_pca_keeps_the_components_that_explain_ninety_percent() -> None:
     reduced = reduce_features(_orthogonal_features([3.0, 2.0, 1.0, 0.5]), variance=0.9)
     # variances 9, 4, 1, 0.25 (total 14.25): 9/14.25 = 0.63, 13/14.25 = 0.91 >= 0.9, so two are kept.
     np.testing.assert_allclose(reduced.variances, [9.0, 4.0], rtol=1e-6)
-    assert reduced.scores.shape == (8, 1, 2)  # no spatial dimensions: one position per sample
+    assert reduced_scores(_orthogonal_features([3.0, 2.0, 1.0, 0.5])).shape == (8, 1, 2)  # one position each
     assert len(reduce_features(_orthogonal_features([3.0, 2.0, 1.0, 0.5]), variance=0.95).variances) == 3
 
 
@@ -56,7 +57,7 @@ def test_channels_are_the_features_and_positions_are_observations() -> None:
     rows = output.permute(0, 2, 3, 1).reshape(-1, 3).double()
     expected = torch.linalg.eigvalsh(torch.cov(rows.T)).flip(0)[:2].numpy()
     np.testing.assert_allclose(reduced.variances, expected, rtol=1e-9)
-    assert reduced.scores.shape == (2, 4, 2)  # rank 2: the third channel adds no component
+    assert reduced_scores(output, variance=0.999).shape == (2, 4, 2)  # rank 2: the third channel adds none
 
 
 def test_entropy_of_known_gaussian_components() -> None:
@@ -81,9 +82,10 @@ def test_channel_correlation_is_the_per_sample_pearson_sum_over_positions() -> N
 
 
 def test_correlation_ratio_is_the_nuclear_norm_over_the_pearson_sum() -> None:
-    scores = np.random.default_rng(0).normal(size=(2, 4, 3))
-    nuclear = np.linalg.svd(scores.reshape(-1, 3), compute_uv=False).sum()
-    assert correlation_ratio(scores, 4.0) == pytest.approx(nuclear / 4.0)
+    output = torch.randn(2, 5, 3, 3, generator=torch.Generator().manual_seed(0))
+    scores = reduced_scores(output)
+    nuclear = np.linalg.svd(scores.reshape(-1, scores.shape[-1]), compute_uv=False).sum()
+    assert correlation_ratio(reduce_features(output), 4.0) == pytest.approx(nuclear / 4.0, rel=1e-9)
 
 
 def test_correlated_channels_score_lower() -> None:

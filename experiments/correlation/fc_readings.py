@@ -42,7 +42,7 @@ from nasfleet.proxies.fgnas import (
     GradientChange,
     ImportantLayerGradient,
     feature_matrix,
-    reduce_features,
+    reduced_scores,
 )
 from nasfleet.proxies.probe import Probe, ProbeBatch
 from nasfleet.spaces import get_space
@@ -87,7 +87,7 @@ def score_arch(probe: Probe) -> dict[str, float]:
     ratios = dict.fromkeys(READINGS, 0.0)
     inverse = dict.fromkeys(READINGS, 0.0)
     for output in probe.block_outputs:
-        scores = reduce_features(output).scores
+        scores = reduced_scores(output)
         norm = float(np.linalg.svd(scores.reshape(-1, scores.shape[-1]), compute_uv=False).sum())
         nuclear += norm
         for reading, value in denominators(output, scores).items():

@@ -7,7 +7,7 @@ third-party proxies of the ``nasfleet.proxies`` entry-point group join `PROXIES`
 
 from __future__ import annotations
 
-from nasfleet.proxies import activation, coer, fgnas, hybrid, saliency, size
+from nasfleet.proxies import activation, coer, fgnas, fgnas_paper, hybrid, saliency, size
 from nasfleet.proxies.aggregate import AGGREGATES, Aggregate, get_aggregate, normalized_rank
 from nasfleet.proxies.base import PROXIES, Proxy, ProxyError
 from nasfleet.proxies.discovery import PROXY_PLUGINS, discover_proxies, get_proxy, load_proxy_plugins
@@ -26,6 +26,7 @@ __all__ = [
     "coer",
     "discover_proxies",
     "fgnas",
+    "fgnas_paper",
     "get_aggregate",
     "get_proxy",
     "hybrid",

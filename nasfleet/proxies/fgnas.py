@@ -1,9 +1,11 @@
 """FG-NAS: four zero-cost proxies and their dynamic nonlinear rank aggregation.
 
-Method of "Efficient Zero-Cost NAS for Personalized AI Systems in Cloud-Edge Networks" (FG-NAS). The
-paper's own text was not available while this was written: equation numbers follow the project's issue
-#3, which states each equation group, and every reading we had to choose is written down in the
-docstring of the function that implements it (and collected in ``docs/fgnas.md``).
+Method of "Efficient Zero-Cost NAS for Personalized AI Systems in Cloud-Edge Networks" (FG-NAS,
+``../shared/seeds/000_...``). This is nasfleet's reading, the service's default: it was first written from
+an account of the paper, and two of its readings (the feature-matrix layout and S_FC's Pearson matrix) were
+chosen on development samples. `nasfleet.proxies.fgnas_paper` follows the paper's printed words instead
+(the ``fgnas_paper`` aggregate); ``docs/fgnas.md`` compares the two step by step. Every reading is written
+down in the docstring of the function that implements it.
 
 Shared conventions (interpretations):
 
@@ -39,11 +41,21 @@ MIN_SIGMA = 1e-6
 
 @dataclass(frozen=True)
 class ReducedFeatures:
-    """PCA of one block's feature matrix: kept component variances, and the reduced features of every
-    sample at every position, shape (B, positions, d)."""
+    """PCA of one block's feature matrix: the kept component variances (unbiased, 1/(N-1)) and N, the
+    number of (sample, position) rows they were computed over."""
 
     variances: np.ndarray
-    scores: np.ndarray
+    rows: int
+
+    @property
+    def nuclear_norm(self) -> float:
+        """Nuclear norm of the N x d matrix Z of component scores, without forming Z.
+
+        Z = X_c E (centred rows times the kept eigenvectors) has orthogonal columns with
+        ``Z^T Z = (N - 1) diag(variances)``, so its singular values are ``sqrt((N - 1) variance_j)``:
+        exactly what an SVD of Z returns (up to rounding), at no cost.
+        """
+        return float(np.sqrt(max(self.rows - 1, 1) * self.variances).sum())
 
 
 def feature_matrix(output: torch.Tensor) -> torch.Tensor:
@@ -64,6 +76,26 @@ def feature_matrix(output: torch.Tensor) -> torch.Tensor:
     return matrix.flatten(2).transpose(1, 2)  # (B, H*W, C)
 
 
+def _principal_components(
+    output: torch.Tensor, variance: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Centred rows (N x C), the kept eigenvalues (d) and eigenvectors (C x d) of eqs. 4-8; a block whose
+    output never varies keeps one component of variance 0."""
+    features = feature_matrix(output)
+    rows = features.reshape(-1, features.shape[-1])
+    centred = rows - rows.mean(dim=0, keepdim=True)
+    count = max(rows.shape[0] - 1, 1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(centred.T @ centred / count)
+    eigenvalues, eigenvectors = eigenvalues.flip(0).clamp_min(0.0), eigenvectors.flip(1)
+    total = float(eigenvalues.sum())
+    if total <= EPS:
+        return centred, torch.zeros(1, dtype=rows.dtype), torch.zeros(rows.shape[1], 1, dtype=rows.dtype)
+    explained = torch.cumsum(eigenvalues, 0) / total
+    kept = int(torch.searchsorted(explained, torch.tensor(variance - 1e-12, dtype=explained.dtype))) + 1
+    kept = min(kept, rows.shape[1])
+    return centred, eigenvalues[:kept], eigenvectors[:, :kept]
+
+
 def reduce_features(output: torch.Tensor, variance: float = DEFAULT_VARIANCE) -> ReducedFeatures:
     """Eqs. 4-8: centre the feature matrix and keep the principal components explaining ``variance``.
 
@@ -72,21 +104,16 @@ def reduce_features(output: torch.Tensor, variance: float = DEFAULT_VARIANCE) ->
     variances use the unbiased 1/(N-1). A block whose output never varies keeps one component of
     variance 0.
     """
-    features = feature_matrix(output)
-    samples, positions, channels = features.shape
-    rows = features.reshape(-1, channels)
-    centred = rows - rows.mean(dim=0, keepdim=True)
-    count = max(rows.shape[0] - 1, 1)
-    eigenvalues, eigenvectors = torch.linalg.eigh(centred.T @ centred / count)
-    eigenvalues, eigenvectors = eigenvalues.flip(0).clamp_min(0.0), eigenvectors.flip(1)
-    total = float(eigenvalues.sum())
-    if total <= EPS:
-        return ReducedFeatures(np.zeros(1), np.zeros((samples, positions, 1)))
-    explained = torch.cumsum(eigenvalues, 0) / total
-    kept = int(torch.searchsorted(explained, torch.tensor(variance - 1e-12, dtype=explained.dtype))) + 1
-    kept = min(kept, channels)
-    scores = (centred @ eigenvectors[:, :kept]).reshape(samples, positions, kept)
-    return ReducedFeatures(eigenvalues[:kept].numpy(), scores.numpy())
+    centred, eigenvalues, _ = _principal_components(output, variance)
+    return ReducedFeatures(eigenvalues.numpy(), centred.shape[0])
+
+
+def reduced_scores(output: torch.Tensor, variance: float = DEFAULT_VARIANCE) -> np.ndarray:
+    """The reduced feature matrix itself, every sample's component scores at every position, shape
+    (B, positions, d). S_FI and S_FC need only its variances (`ReducedFeatures`)."""
+    centred, _, eigenvectors = _principal_components(output, variance)
+    samples = output.shape[0]
+    return (centred @ eigenvectors).reshape(samples, -1, eigenvectors.shape[1]).numpy()
 
 
 def gaussian_entropy(variances: np.ndarray) -> float:
@@ -122,10 +149,9 @@ def channel_correlation(output: torch.Tensor) -> float:
     return float(pearson.sum(dim=(1, 2)).mean())
 
 
-def correlation_ratio(scores: np.ndarray, pearson_sum: float) -> float:
+def correlation_ratio(reduced: ReducedFeatures, pearson_sum: float) -> float:
     """Eqs. 13-15: nuclear norm of the (B*positions) x d reduced feature matrix over the Pearson sum."""
-    nuclear = float(np.linalg.svd(scores.reshape(-1, scores.shape[-1]), compute_uv=False).sum())
-    return nuclear / pearson_sum
+    return reduced.nuclear_norm / pearson_sum
 
 
 def spectral_norm_estimate(v_gram: torch.Tensor, pushed_gram: torch.Tensor) -> float:
@@ -160,7 +186,7 @@ def gradient_change(sigmas: np.ndarray) -> float:
 
 
 def important_blocks(sigmas: np.ndarray, gamma: float = DEFAULT_GAMMA) -> np.ndarray:
-    """Eqs. 24-25: blocks whose sigma_l lies in [k, m] with k * m = 1, keeping a fraction gamma of them.
+    """Eqs. 26-27: blocks whose sigma_l lies in [k, m] with k * m = 1, keeping a fraction gamma of them.
 
     Interpretation: [k, 1/k] is symmetric around 1 on a log scale, so the kept blocks are the ceil(gamma*L)
     with the smallest |ln sigma_l| (ties broken by block order); a "layer" of S_GI is a convolution or
@@ -174,7 +200,7 @@ def important_blocks(sigmas: np.ndarray, gamma: float = DEFAULT_GAMMA) -> np.nda
 
 
 def gradient_signal(per_sample: torch.Tensor, min_std: float = EPS) -> float | None:
-    """Eqs. 26-27, one layer: ``ln sum_theta E_i|g_theta,i| / std_i(g_theta,i)`` over per-sample gradients.
+    """Eqs. 24-26, one layer: ``ln sum_theta E_i|g_theta,i| / std_i(g_theta,i)`` over per-sample gradients.
 
     Interpretation: "mean / variance ratio" is read as ZiCo's mean absolute gradient over its (population)
     standard deviation, which is scale-free, here over the samples of the probe batch; parameters whose
@@ -216,7 +242,7 @@ class FeatureCorrelation(Proxy):
     def compute(self, probe: Probe) -> float:
         reduced = _reduced(probe, self.variance)  # runs the forward pass that records the block outputs
         pairs = zip(reduced, probe.block_outputs, strict=True)
-        return sum(correlation_ratio(r.scores, channel_correlation(output)) for r, output in pairs)
+        return sum(correlation_ratio(r, channel_correlation(output)) for r, output in pairs)
 
 
 @register
@@ -245,6 +271,7 @@ class ImportantLayerGradient(Proxy):
 
     def compute(self, probe: Probe) -> float:
         kept = set(important_blocks(block_sigmas(probe, self.n_probes), self.gamma).tolist())
+        probe.capture_output_grads([layer for layer in probe.layers if layer.block in kept])
         total = 0.0
         for index, layer in enumerate(probe.layers):  # block_sigmas ran the forward pass that lists them
             if layer.block in kept:
@@ -268,9 +295,9 @@ def _reduced(probe: Probe, variance: float) -> list[ReducedFeatures]:
 def nonlinear_fusion(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Eqs. 28-30, the form they share: ``ln(a * b) + a^2 + b^2`` of two normalized ranks in (0, 1].
 
-    Interpretations: ranks are normalized to (0, 1] with 1 the best of the population (raw integer ranks
-    would let the squares swamp the logarithm); the fused values of eqs. 28 and 29 are ranked again before
-    eq. 30, since eq. 30 takes ranks R_F and R_G and its logarithm needs positive arguments.
+    Interpretations (nasfleet's, not printed in the paper): ranks are normalized to (0, 1] with 1 the best
+    of the population (raw integer ranks would let the squares swamp the logarithm); the fused values of
+    eqs. 28 (R_G) and 29 (R_F) are ranked again before eq. 30, whose logarithm needs positive arguments.
     """
     fused: np.ndarray = np.log(a * b) + a**2 + b**2
     return fused
@@ -299,9 +326,9 @@ class FGNAS(Aggregate):
     def combine(self, values: Mapping[str, np.ndarray], labeled: bool) -> np.ndarray:
         fuse = nonlinear_fusion if self.nonlinear else linear_fusion
         branches = []
-        if self.use_features:  # eq. 28
+        if self.use_features:  # eq. 29
             branches.append(normalized_rank(fuse(proxy_rank("fg_fi", values), proxy_rank("fg_fc", values))))
-        if self.use_gradients:  # eq. 29
+        if self.use_gradients:  # eq. 28
             gc = proxy_rank("fg_gc", values)
             branches.append(normalized_rank(fuse(gc, proxy_rank("fg_gi", values))) if labeled else gc)
         if len(branches) == 1:
