@@ -12,12 +12,10 @@ from torch import nn
 
 from nasfleet.proxies.activation import (
     MAX_CONDITION,
-    NI_EPS,
     condition_number,
     distinct_codes,
     hamming_kernel,
     log_determinant,
-    noise_immunity,
     side_pass,
     zico_layer_term,
 )
@@ -141,16 +139,6 @@ def test_condition_number_of_known_spectra() -> None:
     assert condition_number(torch.diag(torch.tensor([4.0, 1.0]))) == pytest.approx(4.0)
     assert condition_number(torch.zeros(3, 3)) == MAX_CONDITION
     assert condition_number(torch.diag(torch.tensor([1.0, 0.0]))) == pytest.approx(MAX_CONDITION)
-
-
-def test_noise_immunity_sums_per_sample_mean_squared_differences() -> None:
-    clean = [torch.ones(2, 3, 2, 2), torch.zeros(2, 5)]
-    noisy = [torch.ones(2, 3, 2, 2) + 0.5, torch.zeros(2, 5)]
-    # layer 1: each sample's mean squared difference is 0.25, two samples; layer 2: no difference.
-    assert noise_immunity(clean, noisy) == pytest.approx(math.log(0.5 + NI_EPS))
-    assert noise_immunity(clean, clean) == pytest.approx(math.log(NI_EPS))
-    with pytest.raises(ProxyError, match="one noisy map per clean map"):
-        noise_immunity(clean, noisy[:1])
 
 
 def test_zico_layer_term_skips_constant_parameters() -> None:

@@ -3,21 +3,21 @@
 Sources (read while writing; each class docstring says exactly what was followed and what was read into it):
 
 - NASWOT: Mellor et al., ICML 2021, reference code BayesWatch/nas-without-training (``score_networks.py``).
-- NI: noise immunity as defined in Hsieh & Tsai, "Rank-based Training-Free NAS Algorithm" (the GA-rk / SA-rk
-  paper), eqs. ``ni_kappa`` and ``ni_eta`` of its LaTeX source (repository OEmiliatanO/Rank-Based-NAS,
-  ``paper/main.tex``), which cites Wu et al. (IEEE 10092788); code ``score/ninaswot_score.py``.
+- NI: noise immunity as Hsieh & Tsai, "GA-based Training-Free NAS Algorithm with Hybrid Score Function"
+  (GA-rk, 2023; ``shared/seeds/004``), Section 2.1, defines it after Wu et al. [18]; the authors' code
+  (OEmiliatanO/Rank-Based-NAS ``score/ninaswot_score.py``) was read for sigma and for where it takes the maps.
 - ZiCo: Li et al., ICLR 2023, reference code SLDGroup/ZiCo ``ZeroShotProxy/compute_zico.py``.
 - TE-NAS: Chen et al., ICLR 2021, reference code VITA-Group/TENAS ``lib/procedures/ntk.py`` and
   ``linear_region_counter.py``, and ``prune_tenas.py`` for the settings.
 
 Side passes (NI's clean and noisy forwards, the NTK's sub-batch forward) run on ``probe.network`` itself
-with their own hooks, in training mode, on copies of the network's buffers (`side_pass`), so neither the
+with their own recording, in training mode, on copies of the network's buffers (`side_pass`), so neither the
 probe's recorded tensors and graph nor the batch-norm running statistics change.
 """
 
 from __future__ import annotations
 
-import math
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -25,24 +25,22 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from nasfleet.proxies.base import Proxy, ProxyError, register
 from nasfleet.proxies.fgnas import gradient_signal
 from nasfleet.proxies.probe import Probe
 
 NI_SIGMA = 0.05
-NI_EPS = 1e-10
 NI_STREAM = 0x4E49  # "NI"
 NTK_MAX_SAMPLES = 16
 MAX_CONDITION = 1e12
 FLOAT32_EXACT = 2**23
 GRAM_CHUNK = 2**16
 EPS = 1e-12
-POOLING = (
-    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-)  # fmt: skip
+POOLING_NAME = r"((adaptive_)?(avg|max|lp)_pool[123]d|fractional_max_pool[23]d)(_with_indices)?"
+POOLING_FUNCTIONS = tuple(getattr(F, name) for name in dir(F) if re.fullmatch(POOLING_NAME, name))
 
 
 # -- shared helpers --------------------------------------------------------------------------------------
@@ -220,49 +218,85 @@ class NTKCondition(Proxy):
 
 
 # -- noise immunity ---------------------------------------------------------------------------------------
-def pooled_features(network: nn.Module, inputs: torch.Tensor, last_block: nn.Module) -> list[torch.Tensor]:
-    """The feature maps NI compares: the input of every pooling module, then the last main block's output.
+def _is_pooling(func: Any) -> bool:
+    return any(func is candidate for candidate in POOLING_FUNCTIONS)
 
-    The reference hooks modules whose type name contains "Pool" and keeps their inputs; NAS-Bench-201's
-    TinyNetwork ends in an ``nn.AdaptiveAvgPool2d``. Our skeletons pool globally with a tensor ``mean``,
-    so (interpretation) the last main block's output stands in for that final pooling layer's input.
+
+def _is_global_average(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """A tensor ``mean`` over every axis after the channel axis: global average pooling without a module."""
+    if not (func is torch.Tensor.mean or func is torch.mean) or not args:
+        return False
+    tensor, dim = args[0], kwargs.get("dim", args[1] if len(args) > 1 else None)
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() < 3 or dim is None:
+        return False
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    return sorted(d % tensor.dim() for d in dims) == list(range(2, tensor.dim()))
+
+
+class PoolingMaps(TorchFunctionMode):
+    """Records the output of every pooling layer a forward pass runs, in call order.
+
+    A pooling layer is every call of a ``torch.nn.functional`` pooling function (which every pooling
+    module, e.g. NAS-Bench-201's cell ``avg_pool_3x3`` and its reduction blocks' ``AvgPool2d``, calls) and
+    every global average pooling written as a tensor ``mean`` over all spatial axes (nasfleet's skeletons
+    pool that way before the classifier). Nested calls (``lp_pool2d`` calls ``avg_pool2d``) count once.
     """
-    features: list[torch.Tensor] = []
 
-    def keep_input(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        features.append(args[0].detach())
+    def __init__(self) -> None:
+        super().__init__()
+        self.maps: list[torch.Tensor] = []
 
-    def keep_output(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
-        features.append(output.detach())
-
-    handles = [m.register_forward_hook(keep_input) for m in network.modules() if isinstance(m, POOLING)]
-    handles.append(last_block.register_forward_hook(keep_output))
-    try:
-        with torch.no_grad():
-            network(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return features
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if _is_pooling(func) or _is_global_average(func, args, kwargs):
+            self.maps.append((result[0] if isinstance(result, tuple) else result).detach())
+        return result
 
 
-def noise_immunity(
-    clean: Sequence[torch.Tensor], noisy: Sequence[torch.Tensor], eps: float = NI_EPS
-) -> float:
-    """Eqs. ``ni_kappa``/``ni_eta``: eta = ln(eps + sum_{l,j} (tau_lj - tau'_lj)^2 / |tau_lj|).
+def pooled_features(network: nn.Module, inputs: torch.Tensor) -> list[torch.Tensor]:
+    """The feature maps NI compares: the output of every pooling layer of one forward pass (`PoolingMaps`).
 
-    tau_lj is the feature map of sample j at pooling layer l for the clean batch, tau'_lj for the noisy
-    one, and |tau_lj| its number of elements: each kappa_lj is a per-sample mean squared difference,
-    summed over samples and layers as the paper's e_L kappa e_N. (The reference code divides by the whole
-    batch's element count instead, i.e. a mean over samples: that only shifts eta by ln B.)
+    Reading of "feature maps captured at all pooling layers" (GA-rk paper, Section 2.1): the maps the
+    pooling layers produce, i.e. their outputs, as "the feature map of a layer" names that layer's output
+    (the authors' code keeps their inputs instead; see `NoiseImmunity`). "All" pooling layers: every one
+    the forward pass runs, including one whose result does not reach the logits. A network that runs none
+    has no NI: `ProxyError`.
+    """
+    recorder = PoolingMaps()
+    with torch.no_grad(), recorder:
+        network(inputs)
+    if not recorder.maps:
+        raise ProxyError(
+            f"NI needs at least one pooling layer (a pooling function or a global spatial mean), but "
+            f"{type(network).__name__} ran none"
+        )
+    return recorder.maps
+
+
+def noise_immunity(clean: Sequence[torch.Tensor], noisy: Sequence[torch.Tensor]) -> float:
+    """GA-rk paper, Section 2.1 (NI has no equation number there): eta = sum_l ||tau_l - tau'_l||^2.
+
+    "computing the difference of square of each feature maps captured at all pooling layers, denoted
+    eta": tau_l is the feature map of pooling layer l for the clean batch X, tau'_l for the noisy batch
+    X' = X + z. Readings: "difference of square" is the squared difference (tau - tau')^2, not
+    tau^2 - tau'^2 (which can be negative, so "the small eta the better" would reward a network that
+    amplifies the noise); it is summed over every element, sample and layer, with no normalisation, no
+    logarithm and no epsilon, none of which the paper names. Computed in float64.
     """
     if len(clean) != len(noisy):
         raise ProxyError(f"NI needs one noisy map per clean map, but got {len(noisy)} and {len(clean)}")
-    total = 0.0
-    for tau, tau_noisy in zip(clean, noisy, strict=True):
-        per_sample = max(int(tau[0].numel()), 1)
-        total += float((tau.double() - tau_noisy.double()).pow(2).sum()) / per_sample
-    return math.log(eps + total)
+    total = torch.zeros((), dtype=torch.float64)
+    for layer, (tau, tau_noisy) in enumerate(zip(clean, noisy, strict=True)):
+        if tau.shape != tau_noisy.shape:
+            raise ProxyError(
+                f"NI needs equal clean and noisy map shapes, but layer {layer} has "
+                f"{tuple(tau.shape)} and {tuple(tau_noisy.shape)}"
+            )
+        total += (tau.double() - tau_noisy.double()).pow(2).sum().cpu()
+    return float(total)
 
 
 def noise_seed(seed: int) -> int:
@@ -276,31 +310,43 @@ def noise_seed(seed: int) -> int:
 
 @register
 class NoiseImmunity(Proxy):
-    """NI, noise immunity (Wu et al., as restated by Hsieh & Tsai's GA-rk/SA-rk paper): eta, lower is better.
+    """NI, noise immunity (Wu et al. [18], as the GA-rk paper, Section 2.1, defines it): eta, lower is better.
 
-    X' = X + z with z ~ N(0, sigma^2), sigma = 0.05 (the value of the reference ``score_argsparser`` and of
-    every stored result file; its search scripts default to 1), drawn from a CPU generator seeded from
-    ``probe.seed`` (`noise_seed`). Clean and noisy batches go through the untrained network in two separate
-    no-grad forward passes (batch norm in training mode, each with its own batch statistics), and
-    `noise_immunity` compares their pooled feature maps (`pooled_features`). Interpretation: the paper's
-    eta is used, not the reference code's later variant ``log(C / ln(eps + sum err) * n_conv / L)`` (C:
-    channels seen by conv and pooling layers), which is undefined (set to 0) whenever sum err < 1. A
-    network whose features do not depend on its input (e.g. an NB201 cell of only ``none``) scores
-    ln(1e-10), the best value: the paper keeps such "broken" architectures out through its encoding, not
-    through the score.
+    The paper: "The score function picks a mini-batch of data, denoted X, and then applies Gaussian noise
+    on it ... X' = X + z where z is the Gaussian noise. By passing X and X' through the untrained
+    architecture, then computing the difference of square of each feature maps captured at all pooling
+    layers, denoted eta ... the small eta the better the noise immunity of the architecture is."
+
+    - z ~ N(0, sigma^2) per input element, sigma = 0.05: the paper gives no sigma; 0.05 is the one of the
+      authors' experiments (OEmiliatanO/Rank-Based-NAS: its stored result files carry sigma 0.05).
+      It is drawn from a CPU generator seeded from ``probe.seed`` (`noise_seed`).
+    - "passing X and X' through the untrained architecture": two separate no-grad forward passes of
+      ``probe.network`` with batch norm in training mode, each with its own batch statistics, on copies
+      of the buffers (`side_pass`).
+    - eta: `noise_immunity` of the outputs of all pooling layers (`pooled_features`). Development-sample
+      disclosure: both readings of "captured at" (outputs, and the inputs the authors' code keeps) were
+      measured on 60 NB201 archs drawn with seed 11 (and 60 with seed 12) against CIFAR-10 accuracy
+      before choosing; ranked as "smaller is better", the input reading gave rho = -0.12 (-0.19), the
+      output reading +0.15 (-0.05). See docs/garank.md.
+    - A network whose pooled maps do not depend on its input (e.g. an NB201 cell of only ``none``) scores
+      0, the best value: the authors' later version keeps such architectures out through its search
+      encoding ("preserving the critical path"), not through the score.
+
+    Revision 2 (revision 1: the later ``ln(eps + sum of per-sample mean squared differences)`` at the
+    pooling inputs, with the last main block's output standing in for the global pooling).
     """
 
     name = "ni"
     higher_is_better = False
+    revision = 2
 
     def compute(self, probe: Probe) -> float:
         clean_inputs = probe.batch.inputs.detach()
         generator = torch.Generator(device="cpu").manual_seed(noise_seed(probe.seed))
         noise = torch.randn(clean_inputs.shape, generator=generator).to(clean_inputs)
-        last_block = probe.blocks[-1]
         with side_pass(probe.network):
-            clean = pooled_features(probe.network, clean_inputs, last_block)
-            noisy = pooled_features(probe.network, clean_inputs + NI_SIGMA * noise, last_block)
+            clean = pooled_features(probe.network, clean_inputs)
+            noisy = pooled_features(probe.network, clean_inputs + NI_SIGMA * noise)
         return noise_immunity(clean, noisy)
 
 

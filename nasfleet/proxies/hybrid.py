@@ -9,11 +9,8 @@ per architecture, higher is better. None of them needs labels, so ``labeled`` ch
   The reference ranks with dense ranks of values rounded to 3 significant digits (ties share a rank and
   the next value gets the next integer); here ties get average ranks, which keeps both terms on the same
   1..N scale even though ``linear_regions`` ties often (it saturates at the batch size).
-- ``garank``: the GA-rk / SA-rk ranking (Hsieh & Tsai, "Rank-based Training-Free NAS Algorithm",
-  OEmiliatanO/Rank-Based-NAS, Algorithm "The Ranking Algorithm" and ``search/GA/GA_rk_abstract.py``):
-  the sum, with equal weights, of each architecture's descending-order rank under NI, NASWOT and
-  LogSynFlow; the smallest sum is the best architecture. Here: the mean of the three normalized ranks
-  (same order, up to ties). NI's rank follows its own direction (the paper's eta: lower is better).
+- ``garank``: GA-rk's rank combination (Hsieh & Tsai, "GA-based Training-Free NAS Algorithm with Hybrid
+  Score Function", 2023): see `GARank`.
 - ``coer``: COER-NAS's "rank-driven nonlinear geometric fusion" of its four dimensions. The paper was NOT
   found (see `nasfleet.proxies.activation`); RECONSTRUCTION: the weighted geometric mean
   prod_k r_k^(w_k) of the four normalized ranks, equal weights w_k = 1/4. A geometric mean is nonlinear
@@ -84,7 +81,27 @@ class TENAS(RankAggregate):
 
 @register_aggregate
 class GARank(RankAggregate):
-    """GA-rk: equal-weight rank sum of ``ni``, ``naswot`` and ``logsynflow`` (the latter from saliency)."""
+    """GA-rk: the equal-weight rank sum of ``ni``, ``naswot`` and ``logsynflow`` (smallest sum is best).
+
+    The paper proposes "cooperating three heterogeneous score functions with rank-based search method":
+    NI "as an indicator of the ability to distinguish two images", NASWOT "to estimate the ability of
+    expression" and LogSynFlow "as the measurement of trainability" (Section 1); Tables 2-3 list "rk" as a
+    method of its own. Its Section 3 ("The proposed algorithm") is empty in the text we have, so the
+    arithmetic is not stated there. Readings:
+
+    - each score is ranked over the population in its own better direction: NI ascending ("the small eta
+      the better", Section 2.1), NASWOT eq. 2 descending ("An architecture shall learn better when inputs
+      are well separated"), LogSynFlow eq. 7 descending (no direction is stated; the paper's Table 1
+      reports its positive correlation with accuracy, as for SynFlow);
+    - the three ranks are added with equal weights, as the authors' later version of the paper
+      ("Rank-based Training-Free NAS Algorithm", its Algorithm "The Ranking Algorithm") does: the paper
+      names no weights, and any other weighting would be ours;
+    - ties share their average rank.
+
+    The score is the mean of the three `normalized_rank` values (best 1, worst 1/N), higher is better;
+    with rank_k = 1 for the best architecture under score k it equals (N + 1)/N - sum_k rank_k / (3N),
+    so it orders the population exactly as the rank sum does, smallest sum first.
+    """
 
     name = "garank"
     INPUTS = (NoiseImmunity.name, NASWOT.name, LOGSYNFLOW)

@@ -17,8 +17,9 @@ Interpretations shared by every proxy here:
   come from its single loss backward.
 - The loss is ``probe.loss`` (mean cross-entropy, batch norm in training mode), as in the reference's
   ``bn=True`` measures with ``split_data=1``.
-- Equation numbers are not cited: the papers' text could not be checked here, so every definition follows
-  the reference code named in its docstring, read from SamsungLabs/zero-cost-nas and FreeREA.
+- Equation numbers are not cited (except by LogSynflow, which cites the GA-rk paper's eqs. 5-7): the
+  papers' text could not be checked here, so every definition follows the reference code named in its
+  docstring, read from SamsungLabs/zero-cost-nas and FreeREA.
 - A weight whose gradient is undefined (unused in the forward pass) contributes 0, as in the reference.
 - Sums are accumulated in float64 so that the value does not depend on summation order.
 """
@@ -271,12 +272,24 @@ class Synflow(Proxy):
 
 @register
 class LogSynflow(Proxy):
-    """LogSynflow ``sum |W * log(dR/dW + 1)|`` (Cavagnero et al., FreeREA, 2022), data-free.
+    """LogSynFlow (Cavagnero et al. [13]) as the GA-rk paper states it: sum_i theta_i * log(dL/dtheta_i + 1).
 
-    Same pass as `Synflow` (`synaptic_flow`); FreeREA's code remaps each gradient by ``log(x + 1)``
-    before the product. Interpretation: the gradient enters as ``|dR/dW|`` (it is never negative in
-    networks of ReLU, pooling and sums on the positive input, and the absolute value keeps the logarithm
-    defined otherwise); ``log1p`` keeps small gradients exact.
+    GA-rk paper, eq. 7: "S(theta) = theta * log(dL/dtheta + 1)", LogSynFlow "simply scaling down the
+    gradient" of SynFlow, whose saliency is eq. 5, "S_p(theta) = dL/dtheta (.) theta", summed into an
+    architecture's score by eq. 6, "S_n = sum_i^N S_p(theta)_i" ("summing synaptic saliency score over all
+    parameters in the model"). Readings:
+
+    - L is SynFlow's own objective (the paper names eq. 5 "SynFlow", after Tanaka et al. [11]): R = sum f(1)
+      on the linearised network, whose parameters theta are the absolute values of the weights; see
+      `synaptic_flow` (one data-free pass shared with `Synflow`).
+    - "all parameters": every Conv2d/Linear weight, as in the code of [12] (zero-cost-nas) and the GA-rk
+      authors' (OEmiliatanO/Rank-Based-NAS ``score/logsynflow_score.py``); biases never count, and batch
+      norm is not in the linearised network.
+    - Higher is better: the paper states no direction; its Table 1 gives LogSynFlow a positive correlation
+      with accuracy (Spearman 0.81 on CIFAR-10), as for SynFlow.
+    - Every dR/dtheta is >= 0 in networks of ReLU, pooling and sums on the all-ones input, so the logarithm
+      is defined; the gradient enters as |dR/dtheta|, which changes nothing there and keeps the logarithm
+      defined where a layer (e.g. LayerNorm) makes a gradient negative. ``log1p`` keeps small gradients exact.
     """
 
     name = "logsynflow"
