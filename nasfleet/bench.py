@@ -4,52 +4,65 @@ The ground-truth file is read in two separate steps on purpose. Drawing the samp
 and its ``arch_str`` column; the accuracy columns are read only after every proxy and aggregate has been
 scored, to measure them. No accuracy reaches a proxy, an aggregate or the sample.
 
-Correlations are computed on each score in its better direction (a proxy whose ``higher_is_better`` is
-False is negated; aggregates are higher-is-better), so a positive ρ always means "ranks like accuracy".
+Two protocols: the whole space (``sample=None``, every arch of the file, as AZ-NAS evaluates NB201), and
+``repeats`` seeded samples of N archs (seeds ``seed .. seed + repeats - 1``, FG-NAS §V: "3,000 networks
+are randomly sampled for evaluation, and the experiment is repeated 5 times to compute the average
+results"), reported as mean ± std. The repeats share one network seed and one probe batch, so an arch
+drawn by several repeats has one set of raw values and is scored once; aggregates, which rank a
+population, are computed over each repeat's own sample.
+
+Scoring is resumable (`nasfleet.bench_store`): raw values are appended to a checkpoint in the output
+directory as each arch finishes, and a re-run of the same command scores only what is missing.
+
+Metrics (`nasfleet.bench_metrics`) are computed on each score in its better direction (a proxy whose
+``higher_is_better`` is False is negated; aggregates are higher-is-better), so a positive ρ always means
+"ranks like accuracy".
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import os
-import shutil
-import tempfile
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import kendalltau, spearmanr
 
-from nasfleet.proxies.aggregate import normalized_rank
+from nasfleet.bench_metrics import TOP_FRACTION, measure, summarize, top_count
+from nasfleet.bench_report import write_outputs
+from nasfleet.bench_store import Checkpoint, digest, open_checkpoint, score_missing
 from nasfleet.proxies.base import PROXIES
 from nasfleet.proxies.engine import (
     IsolationTiming,
+    ScoreTable,
     add_aggregates,
+    check_device,
     expand_names,
-    score_archs,
     time_proxies_in_isolation,
 )
 from nasfleet.proxies.probe import ProbeBatch
+from nasfleet.proxies.scorer import ScoringJob
 from nasfleet.spaces import Genome, SearchSpace
 
 ARCH_COLUMN = "arch_str"
 NON_ACCURACY_COLUMNS = ("index", ARCH_COLUMN)
 MIN_SAMPLE = 3
-TOP_SCATTERS = 4
+MAX_REPEATS = 100
 
 
 @dataclass(frozen=True)
 class CorrelationRun:
-    """One benchmark run: what to score, on what, against which ground truth."""
+    """One benchmark run: what to score, on what, against which ground truth.
+
+    ``sample`` None means every arch of the file. ``probe_inputs`` is ``"images"`` (the dataset's) or
+    ``"noise"`` (N(0, 1) shaped like ``probe_source``'s images); ``probe_source`` defaults to ``data``.
+    """
 
     space: SearchSpace
     ground_truth: Path
     column: str
-    sample: int
+    sample: int | None
     seed: int
     data: str
     batch: ProbeBatch
@@ -60,6 +73,10 @@ class CorrelationRun:
     timing_sample: int = 5
     command: str = ""
     progress: bool = True
+    repeats: int = 1
+    probe_inputs: str = "images"
+    probe_source: str = ""
+    top_fraction: float = TOP_FRACTION
 
 
 # -- ground truth ----------------------------------------------------------------------------------------
@@ -91,6 +108,19 @@ def sample_arch_strings(strings: Sequence[str], n: int, seed: int) -> list[str]:
     return [strings[int(i)] for i in sorted(chosen)]
 
 
+def draw_samples(strings: Sequence[str], sample: int | None, seed: int, repeats: int) -> list[list[str]]:
+    """One sample per repeat, repeat r drawn with seed ``seed + r``; ``sample`` None takes every row."""
+    if not 1 <= repeats <= MAX_REPEATS:
+        raise ValueError(f"repeats must lie in [1, {MAX_REPEATS}], but got {repeats}")
+    n = len(strings) if sample is None else sample
+    if n == len(strings) and repeats > 1:
+        raise ValueError(
+            f"repeats must be 1 when the sample is the whole file ({n} rows): every repeat would draw "
+            f"the same archs, but got {repeats}"
+        )
+    return [sample_arch_strings(strings, n, seed + r) for r in range(repeats)]
+
+
 def read_accuracies(path: Path, archs: Sequence[str], columns: Sequence[str]) -> dict[str, np.ndarray]:
     """Accuracy columns for ``archs``, in their order; call only after scoring is finished."""
     wanted = set(archs)
@@ -108,51 +138,13 @@ def read_accuracies(path: Path, archs: Sequence[str], columns: Sequence[str]) ->
         raise ValueError(f"ground truth {path}: accuracy columns must be numbers, but {error}") from None
 
 
-# -- measurement -----------------------------------------------------------------------------------------
+# -- scoring ---------------------------------------------------------------------------------------------
 def oriented(name: str, values: np.ndarray) -> np.ndarray:
     """A proxy's values with higher meaning better; aggregates are already so."""
     proxy = PROXIES.get(name)
     return -values if proxy is not None and not proxy.higher_is_better else values
 
 
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
-
-
-def correlations(score: np.ndarray, accuracies: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-    """Spearman ρ and Kendall τ-b of one score against each accuracy column; None where undefined."""
-    result: dict[str, dict[str, Any]] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a constant score has no rank correlation: reported as None
-        for column, accuracy in accuracies.items():
-            rho = spearmanr(score, accuracy).statistic
-            tau = kendalltau(score, accuracy).statistic
-            result[column] = {"spearman": _finite_or_none(rho), "kendall": _finite_or_none(tau)}
-    return result
-
-
-def _result(
-    name: str, score: np.ndarray, accuracies: Mapping[str, np.ndarray], column: str, timing: IsolationTiming
-) -> dict[str, Any]:
-    by_column = correlations(score, accuracies)
-    return {
-        "name": name,
-        "kind": "proxy" if name in PROXIES else "aggregate",
-        "higher_is_better": PROXIES[name].higher_is_better if name in PROXIES else True,
-        "spearman": by_column[column]["spearman"],
-        "kendall": by_column[column]["kendall"],
-        "by_column": by_column,
-        "seconds_per_arch": timing.seconds[name],
-        "ratio_to_forward_backward": timing.ratio(name),
-    }
-
-
-def _by_spearman(result: Mapping[str, Any]) -> float:
-    rho = result["spearman"]
-    return -np.inf if rho is None else float(rho)
-
-
-# -- the run ---------------------------------------------------------------------------------------------
 def _decode_all(space: SearchSpace, strings: Sequence[str]) -> list[Genome]:
     genomes = []
     for text in strings:
@@ -165,59 +157,188 @@ def _decode_all(space: SearchSpace, strings: Sequence[str]) -> list[Genome]:
     return genomes
 
 
+def _settings(run: CorrelationRun, strings: Sequence[str], n: int, proxies: Sequence[str]) -> dict[str, Any]:
+    """What decides which archs are scored and their raw values: a resume must match every entry."""
+    batch = run.batch.to("cpu")
+    labels = b"" if batch.labels is None else batch.labels.numpy().tobytes()
+    return {
+        "space": run.space.name,
+        "space_revision": run.space.revision,
+        "ground_truth_archs": digest(*(text.encode() for text in strings)),  # the arch_str column only
+        "sample": n,
+        "repeats": run.repeats,
+        "seed": run.seed,
+        "data": run.data,
+        "probe_batch": digest(
+            str((batch.input_shape, batch.num_classes)).encode(),
+            batch.inputs.contiguous().numpy().tobytes(),
+            labels,
+        ),
+        "batch_size": batch.size,
+        "labeled": run.labeled,
+        "device": run.device,
+        "proxies": {name: PROXIES[name].revision for name in sorted(proxies)},
+    }
+
+
+def score_resumably(
+    run: CorrelationRun,
+    checkpoint: Checkpoint,
+    archs: Sequence[str],
+    genomes: Sequence[Genome],
+    proxy_names: Sequence[str],
+) -> ScoreTable:
+    """Raw values of ``proxy_names`` for ``archs``, scored now where the checkpoint lacks them."""
+    check_device(run.device)
+    proxies = tuple(PROXIES[name] for name in checkpoint.proxies)
+    job = ScoringJob(run.space, run.batch.to("cpu"), proxies, run.seed, run.device)
+    score_missing(checkpoint, job, list(zip(archs, genomes, strict=True)), workers=run.workers,
+                  progress=run.progress)  # fmt: skip
+    rows = [checkpoint.scored[arch] for arch in archs]
+    column = {name: i for i, name in enumerate(checkpoint.proxies)}
+    values = {name: np.array([row[0][column[name]] for row in rows]) for name in proxy_names}
+    encoded = tuple(run.space.encode(genome) for genome in genomes)
+    return ScoreTable(encoded, values, np.array([row[1] for row in rows]))
+
+
+def _subtable(table: ScoreTable, index: np.ndarray) -> ScoreTable:
+    values = {name: column[index] for name, column in table.values.items()}
+    return ScoreTable(tuple(table.archs[i] for i in index), values, table.seconds[index])
+
+
+def _timing(
+    run: CorrelationRun,
+    checkpoint: Checkpoint,
+    genomes: Sequence[Genome],
+    names: tuple[Sequence[str], Sequence[str]],
+) -> IsolationTiming:
+    """The isolation timing of the checkpoint, or measured now (once per timed names and sample)."""
+    proxy_names, aggregate_names = names
+    key = {
+        "timing_sample": run.timing_sample,
+        "proxies": list(proxy_names),
+        "aggregates": list(aggregate_names),
+    }
+    timing = checkpoint.load_timing(key)
+    if timing is None:
+        timing = time_proxies_in_isolation(
+            run.space, genomes, run.batch, proxy_names, seed=run.seed, aggregate_names=aggregate_names,
+            labeled=run.labeled, sample=run.timing_sample, device=run.device, progress=run.progress,
+        )  # fmt: skip
+        checkpoint.save_timing(key, timing)
+    return timing
+
+
+# -- the run ---------------------------------------------------------------------------------------------
 def run_correlation(run: CorrelationRun, out: Path) -> dict[str, Any]:
-    """Score a seeded sample, time the proxies, then measure against the ground truth and write ``out``.
+    """Score the sample(s) resumably, time the proxies, then measure against the ground truth into ``out``.
 
     Writes ``scores.csv``, ``report.json``, ``report.md``, ``spearman.png`` and one ``scatter_NAME.png`` per
-    top proxy into ``out``; every file appears complete or not at all. Returns the report.
+    top proxy into ``out``, each complete or not at all, beside the checkpoint (`nasfleet.bench_store`).
+    Returns the report.
     """
     columns = accuracy_columns(run.ground_truth)
     if run.column not in columns:
         raise ValueError(f"column must be one of the accuracy columns {columns}, but got {run.column!r}")
-    strings = sample_arch_strings(read_arch_strings(run.ground_truth), run.sample, run.seed)
-    genomes = _decode_all(run.space, strings)
-    proxy_names, aggregate_names = expand_names(run.proxies, run.labeled)
-    table = score_archs(
-        run.space, genomes, run.batch, proxy_names,
-        seed=run.seed, device=run.device, workers=run.workers, progress=run.progress,
-    )  # fmt: skip
-    aggregates = add_aggregates(table, aggregate_names, run.labeled)
-    timing = time_proxies_in_isolation(
-        run.space, genomes, run.batch, proxy_names, seed=run.seed, aggregate_names=aggregate_names,
-        labeled=run.labeled, sample=run.timing_sample, device=run.device, progress=run.progress,
-    )  # fmt: skip
-    accuracies = read_accuracies(run.ground_truth, strings, columns)  # only now, for measurement
-    scores = {name: oriented(name, values) for name, values in {**table.values, **aggregates}.items()}
-    results = [_result(name, score, accuracies, run.column, timing) for name, score in scores.items()]
-    report = _report(run, columns, table.seconds, timing, sorted(results, key=_by_spearman, reverse=True))
+    strings = read_arch_strings(run.ground_truth)
+    samples = draw_samples(strings, run.sample, run.seed, run.repeats)
+    chosen = set().union(*samples)
+    distinct = list(dict.fromkeys(text for text in strings if text in chosen))
+    genomes = _decode_all(run.space, distinct)
+    names = expand_names(run.proxies, run.labeled)
+    settings = _settings(run, strings, len(samples[0]), names[0])
+    position = {text: i for i, text in enumerate(distinct)}
+    indices = [np.array([position[text] for text in sample]) for sample in samples]
+    with open_checkpoint(out, settings, sorted(names[0]), distinct) as checkpoint:
+        resumed = len(checkpoint.scored)
+        table = score_resumably(run, checkpoint, distinct, genomes, names[0])
+        aggregates = add_aggregates(table, names[1], run.labeled)  # over every scored arch: scores.csv
+        per_repeat = [add_aggregates(_subtable(table, index), names[1], run.labeled) for index in indices]
+        timing = _timing(run, checkpoint, genomes, names)
+    accuracies = read_accuracies(run.ground_truth, distinct, columns)  # only now, for measurement
+    scores = [_repeat_scores(table, i, aggregates) for i, aggregates in zip(indices, per_repeat, strict=True)]
+    results = []
+    for name in [*names[0], *names[1]]:
+        measured = [
+            measure(repeat[name], {c: a[index] for c, a in accuracies.items()}, run.top_fraction)
+            for repeat, index in zip(scores, indices, strict=True)
+        ]
+        results.append(_result(name, measured, run.column, timing))
+    ranked = sorted(results, key=_by_spearman, reverse=True)
+    report = _report(run, columns, (table, len(samples[0]), resumed), timing, ranked)
     header, rows = table.rows(aggregates)
     for i, row in enumerate(rows):
         row.extend(float(accuracies[c][i]) for c in columns)
-    _write_outputs(out, report, [*header, *columns], rows, scores, accuracies[run.column])
+    write_outputs(out, report, ([*header, *columns], rows), (scores[0], accuracies[run.column][indices[0]]))
     return report
+
+
+def _repeat_scores(
+    table: ScoreTable, index: np.ndarray, aggregates: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Every score of one repeat's sample, in its better direction (aggregates: over that sample)."""
+    return {**{name: oriented(name, values[index]) for name, values in table.values.items()}, **aggregates}
+
+
+def _result(
+    name: str, measured: list[dict[str, dict[str, float | None]]], column: str, timing: IsolationTiming
+) -> dict[str, Any]:
+    summary = summarize(measured)
+    return {
+        "name": name,
+        "kind": "proxy" if name in PROXIES else "aggregate",
+        "higher_is_better": PROXIES[name].higher_is_better if name in PROXIES else True,
+        **summary["mean"][column],
+        "by_column": summary["mean"],
+        "std_by_column": summary["std"],
+        "per_repeat": measured,
+        "seconds_per_arch": timing.seconds[name],
+        "ratio_to_forward_backward": timing.ratio(name),
+    }
+
+
+def _by_spearman(result: Mapping[str, Any]) -> float:
+    rho = result["spearman"]
+    return -np.inf if rho is None else float(rho)
 
 
 def _report(
     run: CorrelationRun,
     columns: list[str],
-    seconds: np.ndarray,
+    scored: tuple[ScoreTable, int, int],
     timing: IsolationTiming,
     results: list[dict[str, Any]],
 ) -> dict[str, Any]:
+    """The report; ``scored`` is the table of every scored arch, the sample size and the archs that were
+    already in the checkpoint when this run began."""
+    table, n, resumed = scored
     return {
         "command": run.command,
         "space": run.space.name,
         "ground_truth": str(run.ground_truth),
         "column": run.column,
         "accuracy_columns": columns,
-        "n": run.sample,
+        "sample": "all" if run.sample is None else run.sample,
+        "n": n,
+        "repeats": run.repeats,
+        "repeat_seeds": [run.seed + r for r in range(run.repeats)],
+        "distinct_archs": len(table.archs),
+        "top_fraction": run.top_fraction,
+        "top_count": top_count(n, run.top_fraction),
         "batch_size": run.batch.size,
         "seed": run.seed,
         "data": run.data,
+        "probe": {
+            "inputs": run.probe_inputs,
+            "source": run.probe_source or run.data,
+            "input_shape": list(run.batch.input_shape),
+            "num_classes": run.batch.num_classes,
+        },
         "labeled": run.labeled,
         "device": run.device,
         "workers": run.workers,
-        "scoring_seconds_per_arch": float(np.median(seconds)),
+        "scoring_seconds_per_arch": float(np.median(table.seconds)),
+        "already_scored_at_start": resumed,
         "timing": {
             "sample": len(timing.archs),
             "archs": list(timing.archs),
@@ -225,98 +346,3 @@ def _report(
         },
         "results": results,
     }
-
-
-# -- outputs ---------------------------------------------------------------------------------------------
-def _write_outputs(
-    out: Path,
-    report: dict[str, Any],
-    header: list[str],
-    rows: list[list[object]],
-    scores: Mapping[str, np.ndarray],
-    accuracy: np.ndarray,
-) -> None:
-    """Write every file into a scratch directory beside ``out``, then move each into place atomically."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        with (scratch / "scores.csv").open("w", newline="") as stream:
-            csv.writer(stream).writerows([header, *rows])
-        (scratch / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-        (scratch / "report.md").write_text(render_markdown(report))
-        plot_spearman(scratch / "spearman.png", report)
-        top = [r["name"] for r in report["results"] if r["spearman"] is not None][:TOP_SCATTERS]
-        for result in (r for r in report["results"] if r["name"] in top):
-            scatter = scratch / f"scatter_{result['name']}.png"
-            plot_scatter(scatter, result, scores[result["name"]], accuracy, report["column"])
-        out.mkdir(parents=True, exist_ok=True)
-        for path in sorted(scratch.iterdir()):
-            os.replace(path, out / path.name)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _cell(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def render_markdown(report: Mapping[str, Any]) -> str:
-    """The report as a Markdown page: settings, then one table row per proxy and aggregate."""
-    main, columns = report["column"], report["accuracy_columns"]
-    ordered = [main, *(c for c in columns if c != main)]
-    lines = [
-        f"# Proxy rank correlation on {report['space']}",
-        "",
-        f"- command: `{report['command']}`",
-        f"- N = {report['n']} architectures (seed {report['seed']}) from `{report['ground_truth']}`",
-        f"- data `{report['data']}` ({'labeled' if report['labeled'] else 'unlabeled'}), "
-        f"batch size {report['batch_size']}, device {report['device']}, workers {report['workers']}",
-        f"- scoring, all proxies on one shared probe: median {report['scoring_seconds_per_arch']:.4f} s/arch",
-        f"- isolation timing on {report['timing']['sample']} archs; plain forward+backward "
-        f"{report['timing']['forward_backward_seconds']:.4f} s",
-        "- ρ (Spearman) and τ (Kendall τ-b) rank each score in its better direction: a lower-is-better "
-        "proxy is negated, so positive means it ranks like accuracy",
-        "",
-        "| name | kind | " + " | ".join(f"ρ {c} | τ {c}" for c in ordered) + " | s/arch | × fwd+bwd |",
-        "|---|---|" + "---:|---:|" * len(ordered) + "---:|---:|",
-    ]
-    for result in report["results"]:
-        cells = [
-            f"{_cell(result['by_column'][c]['spearman'])} | {_cell(result['by_column'][c]['kendall'])}"
-            for c in ordered
-        ]
-        lines.append(
-            f"| {result['name']} | {result['kind']} | {' | '.join(cells)} | "
-            f"{result['seconds_per_arch']:.4g} | {result['ratio_to_forward_backward']:.3g} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def plot_spearman(path: Path, report: Mapping[str, Any]) -> None:
-    """Horizontal bars of ρ against the main column, best at the top; aggregates in a second colour."""
-    from matplotlib.figure import Figure  # Agg canvas, no pyplot state
-
-    results = [r for r in report["results"] if r["spearman"] is not None][::-1]
-    figure = Figure(figsize=(7, 0.3 * len(results) + 1.5), layout="constrained")
-    axes = figure.subplots()
-    colours = ["tab:orange" if r["kind"] == "aggregate" else "tab:blue" for r in results]
-    axes.barh([r["name"] for r in results], [r["spearman"] for r in results], color=colours)
-    axes.axvline(0.0, color="black", linewidth=0.8)
-    axes.set_xlabel(f"Spearman ρ with {report['column']} (N = {report['n']})")
-    axes.set_title("proxies (blue) and aggregates (orange)")
-    figure.savefig(path, dpi=100)
-
-
-def plot_scatter(
-    path: Path, result: Mapping[str, Any], score: np.ndarray, accuracy: np.ndarray, column: str
-) -> None:
-    """Population rank of a score (1 = best) against accuracy."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(5, 4), layout="constrained")
-    axes = figure.subplots()
-    axes.scatter(normalized_rank(score), accuracy, s=8, alpha=0.6)
-    axes.set_xlabel(f"normalized rank of {result['name']} (1 = best)")
-    axes.set_ylabel(f"{column} accuracy")
-    axes.set_title(f"{result['name']}: ρ = {_cell(result['spearman'])}, τ = {_cell(result['kendall'])}")
-    figure.savefig(path, dpi=100)

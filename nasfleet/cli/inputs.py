@@ -88,17 +88,46 @@ def train_split(data: str) -> Dataset:
         raise typer.BadParameter(str(error), param_hint="--data") from None
 
 
+NOISE = "noise"
+DEFAULT_NOISE_SOURCE = "cifar10"
+
+
+def noise_source(data: str) -> str | None:
+    """The dataset spec whose image shape and labels a ``noise[:SPEC]`` probe takes (``noise`` alone:
+    `DEFAULT_NOISE_SOURCE`); None when ``data`` names real images."""
+    if data == NOISE:
+        return DEFAULT_NOISE_SOURCE
+    return data.removeprefix(f"{NOISE}:") if data.startswith(f"{NOISE}:") else None
+
+
 def probe_batch(
     data: str, batch_size: int, seed: int, labeled: bool, dataset: Dataset | None = None
 ) -> ProbeBatch:
-    """The seeded probe mini-batch of the train split of ``data`` (``dataset``, if already loaded)."""
+    """The seeded probe mini-batch of the train split of ``data`` (``dataset``, if already loaded).
+
+    ``noise[:SPEC]`` gives Gaussian noise instead, AZ-NAS's random inputs: ``batch_size`` inputs of
+    i.i.d. N(0, 1) values in the shape of SPEC's images, built as the server's generic-prior batch
+    (`nasfleet.search.probe.synthetic_probe_batch` of SPEC's characteristics without sketches), so the
+    labels are SPEC's class histogram allocated in proportion to the batch and shuffled with ``seed``.
+    """
     from nasfleet.proxies.probe import ProbeBatch
 
-    dataset = train_split(data) if dataset is None else dataset
+    source = noise_source(data)
+    dataset = train_split(source or data) if dataset is None else dataset
     try:
+        if source is not None:
+            return _noise_batch(dataset, batch_size, seed, labeled)
         return ProbeBatch.from_dataset(dataset, batch_size, seed, labeled)
     except ValueError as error:
         raise typer.BadParameter(f"{error} (samples in {data!r})", param_hint="--batch-size") from None
+
+
+def _noise_batch(dataset: Dataset, batch_size: int, seed: int, labeled: bool) -> ProbeBatch:
+    from nasfleet.clients.characteristics import extract_characteristics
+    from nasfleet.search.probe import synthetic_probe_batch
+
+    characteristics = extract_characteristics(dataset, labeled=labeled, seed=seed, sketches=False)
+    return synthetic_probe_batch(characteristics, batch_size, seed)
 
 
 def checked_device(device: str) -> str:

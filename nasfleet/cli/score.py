@@ -85,10 +85,50 @@ def score(
     typer.echo(f"wrote {len(rows)} rows to {where}", err=True)
 
 
+BenchDataOption = Annotated[
+    str,
+    typer.Option(
+        "--data",
+        help="Probe data: cifar10[:DIR] | digits | synthetic[:N] (train split), or noise[:SPEC]: N(0,1) "
+        "inputs shaped like SPEC's images (default cifar10), labels in SPEC's class proportions.",
+    ),
+]
+SampleOption = Annotated[
+    str,
+    typer.Option(
+        "--sample",
+        help="Architectures to draw (seeded), or 'all' for every arch of the ground truth.",
+    ),
+]
+MAX_REPEATS = 100
+
+
+def _sample_size(text: str) -> int | None:
+    """``--sample``: None for ``all``, else an integer in [3, `MAX_ARCHS`]."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 3 <= value <= MAX_ARCHS:
+        raise typer.BadParameter(
+            f"must be 'all' or an integer in [3, {MAX_ARCHS}], but got {text!r}", param_hint="--sample"
+        )
+    return value
+
+
 @bench_app.command("correlation")
 def bench_correlation(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option("--out", help="Directory for scores.csv, report.json/.md and PNGs.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Directory for scores.csv, report.json/.md and PNGs, and the checkpoint "
+            "(scores.partial.csv, run.json, timing.json): the same command resumes where it stopped.",
+        ),
+    ],
     ground_truth: Annotated[
         Path | None,
         typer.Option(
@@ -98,13 +138,21 @@ def bench_correlation(
         ),
     ] = None,
     column: Annotated[
-        str, typer.Option("--column", help="Accuracy column to rank against.")
+        str, typer.Option("--column", help="Primary accuracy column (ranking, plots); all are measured.")
     ] = "cifar10_test",
-    sample: Annotated[
-        int, typer.Option("--sample", min=3, max=MAX_ARCHS, help="Architectures to draw (seeded).")
-    ] = 200,
+    sample: SampleOption = "200",
+    repeats: Annotated[
+        int,
+        typer.Option(
+            "--repeats",
+            min=1,
+            max=MAX_REPEATS,
+            help="Samples drawn with seeds seed..seed+R-1 (archs they share are scored once); "
+            "the report gives mean ± std over them.",
+        ),
+    ] = 1,
     space: SpaceOption = "nb201",
-    data: DataOption = "cifar10",
+    data: BenchDataOption = "cifar10",
     batch_size: BatchSizeOption = 64,
     proxies: ProxiesOption = "all",
     seed: SeedOption = 0,
@@ -115,28 +163,37 @@ def bench_correlation(
         int, typer.Option("--timing-sample", min=1, max=1000, help="Archs each proxy is timed alone on.")
     ] = 5,
 ) -> None:
-    """Spearman and Kendall correlation of proxies with ground-truth accuracy, cost per arch, plots.
+    """Spearman, Kendall, precision in the top 5% and nDCG of proxies against ground-truth accuracy, cost
+    per arch, plots; resumable.
 
     Accuracies are read only after scoring, to measure; they never reach a proxy or an aggregate.
     """
     from nasfleet.bench import CorrelationRun, run_correlation
+    from nasfleet.bench_store import PARTIAL
+    from nasfleet.cli.inputs import noise_source
     from nasfleet.data.datasets import default_data_dir
+    from nasfleet.proxies.base import ProxyError
 
     truth = ground_truth or default_data_dir() / "nas-bench-201" / "nb201-accuracy-200ep.csv"
     if not truth.is_file():
         raise typer.BadParameter(f"no such file: {truth}", param_hint="--ground-truth")
-    labeled = not unlabeled
+    labeled, size = not unlabeled, _sample_size(sample)
     expand_proxies(proxies, labeled)
     check_output_directory(out)
+    source = noise_source(data)
     run = CorrelationRun(
-        space_named(space), truth, column, sample, seed, data, probe_batch(data, batch_size, seed, labeled),
+        space_named(space), truth, column, size, seed, data, probe_batch(data, batch_size, seed, labeled),
         proxies, labeled, checked_device(device), processes, timing_sample,
-        command_line(ctx, ground_truth=truth),
+        command_line(ctx, ground_truth=truth), repeats=repeats,
+        probe_inputs="images" if source is None else "noise", probe_source=source or data,
     )  # fmt: skip
     try:
-        with _scoring():
-            report = run_correlation(run, out)
-    except ValueError as error:  # not a proxy's failure (a ProxyError): a bad column or sample size
+        report = run_correlation(run, out)
+    except ProxyError as error:
+        raise click.ClickException(
+            f"scoring failed, no report written (archs scored so far are kept in {out / PARTIAL}): {error}"
+        ) from None
+    except ValueError as error:  # not a proxy's failure: a bad column, sample or resume
         raise typer.BadParameter(str(error)) from None
     best = report["results"][0]
     typer.echo(f"wrote {out}; best {column} Spearman: {best['name']} {best['spearman']}", err=True)
