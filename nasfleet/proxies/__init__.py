@@ -7,7 +7,18 @@ third-party proxies of the ``nasfleet.proxies`` entry-point group join `PROXIES`
 
 from __future__ import annotations
 
-from nasfleet.proxies import activation, aznas, coer, fgnas, fgnas_paper, hybrid, meco, saliency, size
+from nasfleet.proxies import (
+    activation,
+    assembled,
+    aznas,
+    coer,
+    fgnas,
+    fgnas_paper,
+    hybrid,
+    meco,
+    saliency,
+    size,
+)
 from nasfleet.proxies.aggregate import AGGREGATES, Aggregate, get_aggregate, normalized_rank
 from nasfleet.proxies.base import PROXIES, Proxy, ProxyError
 from nasfleet.proxies.discovery import PROXY_PLUGINS, discover_proxies, get_proxy, load_proxy_plugins
@@ -23,6 +34,7 @@ __all__ = [
     "Proxy",
     "ProxyError",
     "activation",
+    "assembled",
     "aznas",
     "coer",
     "discover_proxies",
