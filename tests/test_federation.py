@@ -38,6 +38,7 @@ from nasfleet.clients.app import ERROR_BAD_MESSAGE, make_client_app
 from nasfleet.clients.device import assign_tiers
 from nasfleet.protocol import messages
 from nasfleet.protocol.wire import MAX_JSON_CHARS, QUERY, TRAIN, pack, unpack
+from nasfleet.search.limits import latency_model, uses_table
 from nasfleet.search.loop import archive_fitness
 from nasfleet.server.federation.app import parse_query_reply
 from nasfleet.server.federation.config import RoundConfig
@@ -187,13 +188,16 @@ def test_round_two_trains_the_archive_member_the_model_chooses_and_the_best_repo
 
 
 def test_every_subnet_meets_its_devices_constraints(healthy: Round) -> None:
-    """Exact params/FLOPs from the space, weight memory and predicted latency, for every scored arch."""
+    """Exact params/FLOPs from the space, weight memory and predicted latency (the device's layer table),
+    for every scored arch."""
     space = get_space("nb201")
     devices = {d["name"]: d for d in healthy.export["devices"]}
     for job in healthy.export["jobs"]:
         device = devices[job["device"]]
         limits = messages.ResourceConstraints.from_wire(device["constraints"])
         profile = messages.DeviceProfile.from_wire(device["profile"])
+        assert uses_table(profile, space, DIGITS_CLASSES, DIGITS_SHAPE), "the device's table predicts"
+        predict = latency_model(profile, space, DIGITS_CLASSES, DIGITS_SHAPE)
         assert limits.max_params and limits.max_flops and limits.max_latency_ms and limits.max_memory_mb
         [result] = healthy.rows("results", job_id=job["id"])
         for scored in [result, *healthy.rows("evaluations", job_id=job["id"])]:
@@ -202,10 +206,9 @@ def test_every_subnet_meets_its_devices_constraints(healthy: Round) -> None:
             assert cost.params <= limits.max_params
             assert cost.params * 4 <= limits.max_memory_mb * 2**20, "float32 weights fit the memory"
             assert cost.flops <= limits.max_flops
-            assert profile.predict_latency_ms(cost.flops) <= limits.max_latency_ms
+            assert predict(space.decode(scored["arch"])) <= limits.max_latency_ms
         for report in healthy.rows("reports", job_id=job["id"]):
-            cost = space.cost(space.decode(report["arch"]), DIGITS_CLASSES, DIGITS_SHAPE)
-            assert report["latency_ms_predicted"] == pytest.approx(profile.predict_latency_ms(cost.flops))
+            assert report["latency_ms_predicted"] == pytest.approx(predict(space.decode(report["arch"])))
 
 
 def test_the_searches_ran_as_jobs_scored_by_celery_workers(healthy: Round) -> None:

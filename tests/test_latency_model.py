@@ -1,5 +1,7 @@
-"""The per-layer latency model: a table timed from real modules, its predictions, its wire form, and the
-FLOPs model kept for profiles without a table."""
+"""The per-layer latency model: a table timed from real modules, its predictions, its wire form (with the
+spaces it was measured for), and the FLOPs model kept for profiles without a table.
+
+`tests/test_latency_wiring.py` checks who uses it: devices, the round, the API."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from nasfleet.search.latency import (
     calibrate_table,
     fit_kinds,
     predict_ms,
+    space_fingerprint,
     table_model,
     trace_calls,
 )
@@ -132,7 +135,16 @@ def test_calibrate_profile_attaches_a_table_only_when_asked() -> None:
     assert layers is not None and len(layers.times) > 0
 
 
-GOOD = {"times": {"0123456789ab": 0.01}, "kinds": {"*": [0.001, 1e-6]}, "call_ms": 0.001, "scale": 1.1}
+GOOD = {"times": {"0123456789ab": 0.01}, "kinds": {"*": [0.001, 1e-6]}, "call_ms": 0.001, "scale": 1.1,
+        "spaces": {"nb201": "0123456789ab"}}  # fmt: skip
+
+
+def test_a_good_table_is_read_with_its_spaces() -> None:
+    wire = {"kind": "profile", "version": 1, "tier": "micro", "flops_per_ms": 1e5, "overhead_ms": 0.5,
+            "memory_mb": 1.0, "layers": GOOD}  # fmt: skip
+    layers = DeviceProfile.from_wire(wire).layers
+    assert layers is not None and layers.fingerprint("nb201") == "0123456789ab"
+    assert layers.fingerprint("mbv2") is None and layers.to_json() == GOOD
 
 
 @pytest.mark.parametrize(
@@ -149,6 +161,12 @@ GOOD = {"times": {"0123456789ab": 0.01}, "kinds": {"*": [0.001, 1e-6]}, "call_ms
         ({"scale": 0.0}, "layers.scale must be a number in [0.001, 1000], but got 0.0"),
         ({"call_ms": None}, "layers.call_ms must be a number in [0, 1000], but got None"),
         ({"extra": 1}, "layers must be keys among"),
+        ({"spaces": None}, "layers.spaces must be a mapping of at most 64 entries, but got None"),
+        ({"spaces": {"a b": "0123456789ab"}}, "layers.spaces must be keyed by space names matching"),
+        (
+            {"spaces": {"nb201": "XYZ"}},
+            "layers.spaces[nb201] must be 12 lower-case hex digits, but got 'XYZ'",
+        ),
     ],
 )
 def test_bad_tables_are_refused_naming_the_field(change: dict[str, object], message: str) -> None:
@@ -166,3 +184,16 @@ def test_calibration_refuses_bad_arguments() -> None:
         calibrate_table([SPACE], SHAPE, 10, math.nan)
     with pytest.raises(ValueError, match="max_archs=0"):
         calibrate_table([SPACE], SHAPE, 10, max_archs=0)
+    with pytest.raises(ValueError, match="max_seconds=0"):
+        calibrate_table([SPACE], SHAPE, 10, max_seconds=0)
+
+
+def test_calibration_stops_at_its_time_bound_and_names_its_space() -> None:
+    # Execute: a bound every arch overruns, so one arch runs
+    record: list[tuple[str, tuple[int, ...]]] = []
+    table = calibrate_table([SPACE], SHAPE, 10, max_seconds=1e-9, record=record)
+
+    # Assert
+    assert len(record) == 1 and len(table.times) > 0
+    assert dict(table.spaces) == {"nb201": space_fingerprint(SPACE, 10, SHAPE)}
+    assert space_fingerprint(SPACE, 10, SHAPE) != space_fingerprint(NB201Space(4, 2), 10, SHAPE)

@@ -5,7 +5,8 @@ configuration, most specific first: the SuperNode's ``node_config`` (``--node-co
 deployment engine; ``partition-id``/``num-partitions`` in simulation), then the run config
 (``[tool.flwr.app.config]``), then the defaults given to `make_client_app`. Keys are kebab-case.
 
-* ``query.characteristics`` -> ``identity``, ``characteristics`` (+ arrays), ``constraints``, ``profile``;
+* ``query.characteristics`` -> ``identity``, ``characteristics`` (+ arrays), ``constraints``, ``profile``
+  (with the device's per-layer latency table for the run's ``space``: `measured_profile`);
 * ``train.subnet`` with a ``subnet`` assignment -> ``report``.
 
 A malformed message or a failing handler is answered with a Flower ``Error`` reply naming the problem;
@@ -30,11 +31,15 @@ from nasfleet.clients.tiers import parse_tier_limits
 from nasfleet.clients.training import train_subnet
 from nasfleet.data.datasets import Dataset, load_dataset
 from nasfleet.data.partition import partition
-from nasfleet.protocol.messages import DeviceIdentity, MessageError, SubNetAssignment, require
+from nasfleet.protocol.messages import DeviceIdentity, DeviceProfile, MessageError, SubNetAssignment, require
 from nasfleet.protocol.wire import ConfigValue, pack, unpack
+from nasfleet.spaces import InputShape, get_space
 
 ERROR_BAD_MESSAGE = 400
 ERROR_HANDLER_FAILED = 500
+#: Seconds a device spends at most sampling archs for its layer table of one space (`calibrate_table`'s
+#: ``max_seconds``; the FLOPs fit and the table's fixed costs come on top, about 1-2 s).
+TABLE_SECONDS = 10.0
 log = logging.getLogger(__name__)
 
 
@@ -43,7 +48,8 @@ class DeviceSetup:
     """What one simulated or deployed device is: its data partition, tier and privacy settings.
 
     ``tier_limits`` replaces limits of the built-in tiers (`nasfleet.clients.tiers`), e.g.
-    ``"micro:params=150k,flops=20M"``; "" keeps them all.
+    ``"micro:params=150k,flops=20M"``; "" keeps them all. ``space`` is the run's search space (the run
+    config's ``space``, which the server searches): the device measures its latency table for it.
     """
 
     partition_id: int = 0
@@ -58,6 +64,7 @@ class DeviceSetup:
     sketch_rank: int = DEFAULT_RANK
     sketches: bool = True
     labeled: bool = True
+    space: str = "nb201"
 
     @classmethod
     def from_config(cls, *configs: Mapping[str, ConfigValue]) -> DeviceSetup:
@@ -83,6 +90,8 @@ class DeviceSetup:
         require(self.tier in ["", *names], "tier", f"one of {names} (or empty to assign)", self.tier)
         require(isinstance(self.tier_limits, str), "tier-limits", "a string", self.tier_limits)
         parse_tier_limits(self.tier_limits, names)
+        require(isinstance(self.space, str), "space", "a space name", self.space)
+        get_space(self.space)  # a ValueError naming the known spaces (or why a plug-in's is broken)
 
     @property
     def device(self) -> str:
@@ -117,11 +126,25 @@ def answer_query(setup: DeviceSetup) -> RecordDict:
         seed=setup.seed * 1000 + setup.partition_id,
         sketches=setup.sketches,
     )
-    profile = calibrate_profile(tier, data.input_shape, data.num_classes, seed=setup.seed)
+    profile = measured_profile(
+        setup.device, tier, data.input_shape, data.num_classes, setup.seed, setup.space
+    )
     content = pack(RecordDict(), "identity", DeviceIdentity(setup.tenant, setup.device))
     pack(content, "characteristics", characteristics)
     pack(content, "constraints", tier.constraints_for(data.input_shape))
     return pack(content, "profile", profile)
+
+
+@functools.lru_cache(maxsize=32)
+def measured_profile(
+    device: str, tier: DeviceTier, input_shape: InputShape, num_classes: int, seed: int, space: str
+) -> DeviceProfile:
+    """The device's calibrated profile with its layer table for ``space`` at its data's shape: timed once
+    per process for each device and space (a later query answers from the cache), the table's sampling
+    bounded by `TABLE_SECONDS`."""
+    return calibrate_profile(
+        tier, input_shape, num_classes, seed=seed, spaces=[get_space(space)], table_seconds=TABLE_SECONDS
+    )
 
 
 def answer_train(setup: DeviceSetup, content: RecordDict) -> RecordDict:

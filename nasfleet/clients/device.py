@@ -6,9 +6,10 @@ factor. The slowdown is *emulation*: every network runs on this host, and each t
 multiplied by the tier's slowdown, as if the hardware were that many times slower. Nothing sleeps.
 
 `calibrate_profile` fits the `DeviceProfile` latency model ``latency_ms = overhead_ms + flops /
-flops_per_ms`` by timing a fixed ladder of NAS-Bench-201 reference networks on this host, and
+flops_per_ms`` by timing a fixed ladder of NAS-Bench-201 reference networks on this host and, for the
+spaces it is given, measures a per-layer table (`nasfleet.search.latency`);
 `nasfleet.search.limits.latency_model` turns a profile into the predictor a search uses to reject slow
-candidates.
+candidates (the table for a space it was measured for, the FLOPs model otherwise).
 """
 
 from __future__ import annotations
@@ -209,6 +210,7 @@ def calibrate_profile(
     seed: int = 0,
     repeats: int = DEFAULT_REPEATS,
     spaces: Sequence[SearchSpace] = (),
+    table_seconds: float = math.inf,
 ) -> DeviceProfile:
     """Fit the tier's latency model by timing the `REFERENCE_ARCHS` networks on this host.
 
@@ -216,7 +218,8 @@ def calibrate_profile(
     times, multiplied by ``tier.slowdown``, are fitted with `fit_latency`. Takes well under a second at
     3×32×32 on one CPU thread. ``memory_mb`` is the tier's weight memory. With ``spaces`` the profile
     also carries a per-layer table for them (`nasfleet.search.latency.calibrate_table`, a few seconds
-    per space), which searches then predict from instead of FLOPs.
+    per space, its sampling stopped after ``table_seconds`` per space), which searches then predict from
+    instead of FLOPs (`nasfleet.search.limits.latency_model`).
     """
     shape = check_input_shape(input_shape, num_classes)
     space = get_space("nb201")
@@ -229,5 +232,9 @@ def calibrate_profile(
             flops.append(space.cost(arch, num_classes, shape).flops)
             times.append(measure_latency_ms(network, shape, tier.slowdown, repeats))
     flops_per_ms, overhead_ms = fit_latency(flops, times)
-    layers = calibrate_table(spaces, shape, num_classes, tier.slowdown, seed=seed) if spaces else None
+    layers = None
+    if spaces:
+        layers = calibrate_table(
+            spaces, shape, num_classes, tier.slowdown, seed=seed, max_seconds=table_seconds
+        )
     return DeviceProfile(tier.name, flops_per_ms, overhead_ms, tier.memory_mb, layers)

@@ -21,7 +21,7 @@ from nasfleet import checks
 #: Largest magnitude of a sketch value; clipped data is within sqrt(C*H*W) <= 111 of zero.
 MAX_SKETCH_MAGNITUDE = 1e6
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_IDENTIFIER = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_SPACE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
 class MessageError(ValueError):
@@ -101,11 +101,12 @@ def safe_name(scalars: Mapping[str, Any], field: str) -> str:
     return str(value)
 
 
-def identifier(scalars: Mapping[str, Any], field: str) -> str:
-    """A lower-case identifier of 1-32 characters (``nb201``): never a path."""
+def space_name(scalars: Mapping[str, Any], field: str) -> str:
+    """A space's name as registered (``nb201``, ``autoformer-edge``, a plug-in's entry point name): a letter,
+    then up to 63 characters of [A-Za-z0-9_.-]; never a path."""
     value = scalars.get(field)
-    require(isinstance(value, str) and _IDENTIFIER.fullmatch(value) is not None, field,
-            "an identifier matching [a-z][a-z0-9_]{0,31}", value)  # fmt: skip
+    require(isinstance(value, str) and _SPACE_NAME.fullmatch(value) is not None, field,
+            "a space name matching [A-Za-z][A-Za-z0-9_.-]{0,63}", value)  # fmt: skip
     return str(value)
 
 

@@ -3,8 +3,9 @@
 `nasfleet.search.latency` measures a table on the device and predicts a network's latency from it; this
 module only holds the data and checks it at the boundary. The table travels as a JSON object in the
 profile's scalars (not as arrays) so that the registry, which stores a profile's scalars, keeps it whole.
-Size: about 26 characters per layer; the 558 layers NAS-Bench-201 and the MobileNetV2-style space meet at
-3×32×32 take about 15 kB, and `MAX_LAYER_TIMES` caps a table at about 220 kB.
+Size: about 25 characters per layer in the profile's JSON; with a table for one space at 3×32×32 a
+profile takes 2.2 kB (NAS-Bench-201, 50 layers), 3.5 kB (AutoFormer, about 90), 9.9 kB (COER, 380) and
+13 kB (the MobileNetV2-style space, 521), and `MAX_LAYER_TIMES` caps a table at about 220 kB.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from nasfleet.protocol.checks import check_number, known_keys, require
 MAX_LAYER_TIMES = 8192
 MAX_LAYER_KINDS = 256
 MAX_KIND_CHARS = 100
+MAX_SPACES = 64
 #: Range of a layer's time and of a kind's intercept and slope (ms, ms per unit of work).
 LAYER_MS = (0.0, 1e6)
 CALL_MS = (0.0, 1e3)
@@ -26,6 +28,7 @@ SCALE = (1e-3, 1e3)
 #: The kind whose fallback serves a layer of a kind the table does not name.
 ANY_KIND = "*"
 _LAYER_ID = re.compile(r"[0-9a-f]{12}")
+_SPACE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -37,26 +40,36 @@ class LayerTable:
     call. ``kinds`` maps a layer kind (``Conv2d/grouped``, ``torch.Tensor.add``) to ``(intercept_ms,
     ms_per_work)``, the fallback for a layer the table lacks, with `ANY_KIND` for a kind it does not
     name. ``call_ms`` is the cost of one call of a container module and ``scale`` the factor from summed
-    layer times to a whole network's time, both measured on the device.
+    layer times to a whole network's time, both measured on the device. ``spaces`` maps each space the
+    table was measured for to its fingerprint (`nasfleet.search.latency.space_fingerprint`: the space's
+    layers for the device's class count and input shape): a search predicts from the table only for a
+    space it names with the same fingerprint, and from the FLOPs model otherwise
+    (`nasfleet.search.limits.latency_model`).
 
     Ranges checked by `from_json`: at most 8,192 ``times`` keyed by 12 lower-case hex digits, each in
     [0, 1e6]; at most 256 ``kinds`` keyed by 1-100 printable characters, ``*`` among them, each two
-    numbers in [0, 1e6]; ``call_ms`` in [0, 1e3]; ``scale`` in [1e-3, 1e3].
+    numbers in [0, 1e6]; ``call_ms`` in [0, 1e3]; ``scale`` in [1e-3, 1e3]; ``spaces`` (required, may be
+    empty) at most 64 space names ([A-Za-z][A-Za-z0-9_.-]{0,63}), each with 12 lower-case hex digits.
     """
 
     times: tuple[tuple[str, float], ...]
     kinds: tuple[tuple[str, float, float], ...]
     call_ms: float
     scale: float
+    spaces: tuple[tuple[str, str], ...] = ()
+
+    def fingerprint(self, space: str) -> str | None:
+        """The fingerprint the table was measured under for the space called *space*; None if none."""
+        return dict(self.spaces).get(space)
 
     def to_json(self) -> dict[str, Any]:
         return {"times": dict(self.times), "kinds": {k: [a, b] for k, a, b in self.kinds},
-                "call_ms": self.call_ms, "scale": self.scale}  # fmt: skip
+                "call_ms": self.call_ms, "scale": self.scale, "spaces": dict(self.spaces)}  # fmt: skip
 
     @classmethod
     def from_json(cls, value: object) -> LayerTable:
         """The checked table of a profile's ``layers`` object; `MessageError` naming what is wrong."""
-        known_keys(value, ("times", "kinds", "call_ms", "scale"), "layers")
+        known_keys(value, ("times", "kinds", "call_ms", "scale", "spaces"), "layers")
         assert isinstance(value, Mapping)
         times = _mapping(value.get("times"), "layers.times", MAX_LAYER_TIMES, "")
         kinds = _mapping(
@@ -81,7 +94,17 @@ class LayerTable:
             checked_kinds.append((kind, intercept, slope))
         call_ms = check_number("layers.call_ms", value.get("call_ms"), *CALL_MS)
         scale = check_number("layers.scale", value.get("scale"), *SCALE)
-        return cls(tuple(checked_times), tuple(checked_kinds), call_ms, scale)
+        return cls(tuple(checked_times), tuple(checked_kinds), call_ms, scale, _spaces(value.get("spaces")))
+
+
+def _spaces(value: object) -> tuple[tuple[str, str], ...]:
+    spaces = _mapping(value, "layers.spaces", MAX_SPACES, "")
+    for name, fingerprint in spaces.items():
+        ok = isinstance(name, str) and _SPACE_NAME.fullmatch(name) is not None
+        require(ok, "layers.spaces", "keyed by space names matching [A-Za-z][A-Za-z0-9_.-]{0,63}", name)
+        ok = isinstance(fingerprint, str) and _LAYER_ID.fullmatch(fingerprint) is not None
+        require(ok, f"layers.spaces[{name}]", "12 lower-case hex digits", fingerprint)
+    return tuple(sorted(spaces.items()))
 
 
 def _mapping(value: object, field: str, limit: int, extra: str) -> Mapping[Any, Any]:

@@ -24,13 +24,13 @@ from nasfleet.bounds import MAX_COUNT
 from nasfleet.protocol.checks import MessageError as MessageError  # re-exported: the boundary's error
 from nasfleet.protocol.checks import (
     flag,
-    identifier,
     integer,
     known_keys,
     number,
     optional_number,
     real_array,
     safe_name,
+    space_name,
     text,
 )
 from nasfleet.protocol.checks import require as require  # re-exported
@@ -294,7 +294,7 @@ class TrainConfig:
 class SubNetAssignment:
     """The server's ``train`` message: which SubNet to build and how to train it.
 
-    Ranges checked by `from_wire`: ``space`` an identifier ([a-z][a-z0-9_]{0,31}, never a path);
+    Ranges checked by `from_wire`: ``space`` a space name ([A-Za-z][A-Za-z0-9_.-]{0,63}, never a path);
     ``train_epochs`` in [1, 1000]; ``train_batch_size`` in [1, 4096]; ``train_learning_rate`` in
     [1e-8, 10]; ``train_max_seconds`` in [1e-3, 1e6]; ``train_test_fraction`` in [0.01, 0.9];
     ``train_seed`` in [0, 2**32 - 1]; ``train_patience`` in [0, 1000]; ``train_augment`` a boolean;
@@ -325,7 +325,7 @@ class SubNetAssignment:
             integer(scalars, "train_patience", 0, 1000), flag(scalars, "train_augment"),
         )  # fmt: skip
         return cls(
-            text(scalars, "job_id"), identifier(scalars, "space"), text(scalars, "arch", 2000),
+            text(scalars, "job_id"), space_name(scalars, "space"), text(scalars, "arch", 2000),
             integer(scalars, "num_classes", 2, MAX_CLASSES), _input_shape(scalars.get("input_shape")), train,
         )  # fmt: skip
 

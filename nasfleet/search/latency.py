@@ -17,17 +17,15 @@ with kernels, sums measured layer times:
   measured time, keyed by a 12-hex-digit SHA-256 prefix to stay small on the wire.
 - A *container call* (``Sequential``, a cell, a block) costs ``call_ms``: one ``nn.Module`` call measured
   on the device; the Python of a container's ``forward`` beyond that is left to ``scale``.
-- ``scale`` is the median ratio of measured to summed time over a few calibration networks: a layer timed
-  alone in a loop runs with warm caches, inside a network it does not (about 1.1-1.2 on the development
-  host).
+- ``scale`` is the median ratio of measured to summed time over a few calibration networks.
 
 Nothing here knows a space: `trace_calls` finds the layer calls of any built network with forward hooks
-and a `TorchFunctionMode`, so the same code serves every `SearchSpace` (it uses only ``build`` and
-``sample``). A layer the table lacks (a signature the device never met) is estimated from its kind's
-linear fit ``intercept + slope * work`` (work: the input and output elements plus the multiply-adds of a
-weight), fitted on the device's own table. The server builds and traces (never times) a candidate to
-predict it: about 30 ms for a NAS-Bench-201 arch and 80 ms for a MobileNetV2-style one on the
-development host, cached per arch.
+and a `TorchFunctionMode`, so the same code serves every `SearchSpace` (it uses only ``build``,
+``sample`` and ``choices``). A layer the table lacks is estimated from its kind's linear fit ``intercept
++ slope * work`` (work: the input and output elements plus a weight's multiply-adds), fitted on the
+device's own table. A table names the spaces it was measured for with their `space_fingerprint`; the
+server builds and traces (never times) a candidate to predict it, about 30 ms for a NAS-Bench-201 arch
+and 80 ms for a MobileNetV2-style one on the development host, cached per arch.
 """
 
 from __future__ import annotations
@@ -262,6 +260,18 @@ def table_model(
     return lambda arch: predict(space.validate(arch))
 
 
+def space_fingerprint(space: SearchSpace, num_classes: int, input_shape: InputShape) -> str:
+    """12 hex digits naming ``space``'s layers at this class count and input shape: the SHA-256 of its name,
+    revision and choices and of the layer calls of its all-first-option arch (stem, head, classifier). Other
+    options (NB201's ``channels``), classes, input shapes, definitions or torch versions change it."""
+    shape = check_input_shape(input_shape, num_classes)
+    with torch.random.fork_rng(devices=[]), one_thread():
+        network = space.build(space.canonical((0,) * len(space.choices)), num_classes, shape)
+        trace = trace_calls(network, shape)
+    calls = ",".join(call.key for call in trace.calls)
+    return _layer_id(f"{space.name}|{space.revision}|{space.choices}|{trace.container_calls}|{calls}")
+
+
 def fit_kinds(calls: Sequence[LayerCall], times: dict[str, float]) -> tuple[tuple[str, float, float], ...]:
     """Per kind (and `ANY_KIND` over all), a least-squares ``ms = intercept + slope * work`` over the
     measured layers, both kept >= 0 (a kind with one work value gets its mean time and slope 0)."""
@@ -300,12 +310,14 @@ def calibrate_table(
     seed: int = 0,
     max_archs: int = MAX_ARCHS,
     passes: int = PASSES,
+    max_seconds: float = math.inf,
     record: list[tuple[str, Genome]] | None = None,
 ) -> LayerTable:
     """Measure a `LayerTable` on this host for archs of ``spaces`` on inputs of ``input_shape``.
 
     For each space, random archs (drawn under ``seed``) are built and run ``passes`` times with every
-    layer call timed in place, until `SATURATION` archs in a row add no new layer, or ``max_archs``. A
+    layer call timed in place, until `SATURATION` archs in a row add no new layer, ``max_archs``, or
+    ``max_seconds`` spent on the space (checked after each arch, so one arch always runs). A
     layer's time is the `QUANTILE` of its in-place times (one per call): low enough to leave out what
     other processes add on a shared machine, not so low as a minimum, which no network pays on every
     layer at once. The first `REFERENCES` networks of each space are also timed whole (the fastest of
@@ -315,9 +327,9 @@ def calibrate_table(
     shape = check_input_shape(input_shape, num_classes)
     if not (math.isfinite(slowdown) and slowdown > 0):
         raise ValueError(f"slowdown must be a positive finite number, but got {slowdown}")
-    if not spaces or max_archs < 1 or passes < 1:
-        raise ValueError(f"calibration needs >= 1 space, max_archs >= 1 and passes >= 1, but got "
-                         f"{len(spaces)} spaces, {max_archs=}, {passes=}")  # fmt: skip
+    if not spaces or max_archs < 1 or passes < 1 or not max_seconds > 0:
+        raise ValueError(f"calibration needs >= 1 space, max_archs >= 1, passes >= 1, max_seconds > 0, but "
+                         f"got {len(spaces)} spaces, {max_archs=}, {passes=}, {max_seconds=}")  # fmt: skip
     samples: dict[str, list[float]] = {}
     calls: list[LayerCall] = []
     references: list[tuple[Trace, float]] = []
@@ -326,7 +338,7 @@ def calibrate_table(
         rng = np.random.default_rng(seed)
         for space in spaces:
             archs = _sample_space(
-                space, shape, num_classes, rng, (max_archs, passes), samples, calls, references
+                space, shape, num_classes, rng, (max_archs, passes, max_seconds), samples, calls, references
             )
             if record is not None:
                 record.extend((space.name, arch) for arch in archs)
@@ -335,7 +347,9 @@ def calibrate_table(
     times = {key: float(f"{np.quantile(ms, QUANTILE) * slowdown:.4g}") for key, ms in samples.items()}
     table = LayerTable(tuple(sorted(times.items())), fit_kinds(calls, times), call_ms * slowdown, 1.0)
     ratios = [whole * slowdown / raw_sum_ms(table, trace) for trace, whole in references]
-    return LayerTable(table.times, table.kinds, table.call_ms, float(np.clip(np.median(ratios), *SCALE)))
+    names = tuple(sorted({(s.name, space_fingerprint(s, num_classes, shape)) for s in spaces}))
+    scale = float(np.clip(np.median(ratios), *SCALE))
+    return LayerTable(table.times, table.kinds, table.call_ms, scale, names)
 
 
 def _sample_space(
@@ -343,16 +357,19 @@ def _sample_space(
     shape: InputShape,
     num_classes: int,
     rng: np.random.Generator,
-    limits: tuple[int, int],
+    limits: tuple[int, int, float],
     samples: dict[str, list[float]],
     calls: list[LayerCall],
     references: list[tuple[Trace, float]],
 ) -> list[Genome]:
-    """Run random archs of ``space`` until no new layers come; collect layer times and references."""
-    max_archs, passes = limits
+    """Run random archs of ``space`` until no new layers come (or a limit); collect times and references."""
+    max_archs, passes, max_seconds = limits
+    deadline = time.perf_counter() + max_seconds
     seen: set[Genome] = set()
     quiet = 0
     for _ in range(max_archs):
+        if seen and time.perf_counter() > deadline:
+            break
         arch = space.sample(rng)
         if arch in seen:
             continue

@@ -111,16 +111,21 @@ class ConstraintsIn(StrictModel):
 
 
 class ProfileIn(StrictModel):
-    """The device's speed for the latency model ``overhead_ms + flops / flops_per_ms``."""
+    """The device's speed: the FLOPs model ``overhead_ms + flops / flops_per_ms`` and, optionally, its
+    per-layer latency table (`nasfleet.protocol.layers.LayerTable`'s JSON form, as a nasfleet device
+    measures it), which predicts latency instead for a space the table was measured for."""
 
     tier: str = Field(min_length=1, max_length=64, pattern=NAME_PATTERN)
     flops_per_ms: float = Field(ge=FLOPS_PER_MS[0], le=FLOPS_PER_MS[1])
     overhead_ms: float = Field(ge=OVERHEAD_MS[0], le=OVERHEAD_MS[1])
     memory_mb: Memory
+    layers: dict[str, JsonValue] | None = Field(
+        default=None, description="times, kinds, call_ms, scale, spaces: docs/api.md, 'Latency predictions'"
+    )
 
 
 class SpaceOptions(StrictModel):
-    """Options of the ``nb201`` space (a smaller network scores faster); ``mbv2`` takes none."""
+    """Options of the ``nb201`` space (a smaller network scores faster); the other spaces take none."""
 
     channels: int | None = Field(default=None, ge=2, le=64)
     cells_per_stage: int | None = Field(default=None, ge=1, le=5)
@@ -150,7 +155,11 @@ class SubmitRequest(StrictModel):
 
     model_config = ConfigDict(json_schema_extra={"examples": [SUBMIT_EXAMPLE]})
 
-    space: Literal["mbv2", "nb201"] = "nb201"
+    space: str = Field(
+        default="nb201", min_length=1, max_length=64, pattern=NAME_PATTERN,
+        description="a registered search space: nb201, mbv2, coer, autoformer, autoformer-edge or an "
+        "installed plug-in's (`nasfleet spaces list`)",
+    )  # fmt: skip
     space_options: SpaceOptions = Field(default_factory=SpaceOptions)
     characteristics: CharacteristicsIn
     constraints: ConstraintsIn = Field(default_factory=ConstraintsIn)

@@ -2,10 +2,11 @@
 
 `job_spec` turns a schema-valid `SubmitRequest` into a `JobSpec` or raises a 422 `ApiError` naming the
 field, the rule and the value: the characteristics through `DataCharacteristics.from_wire` (the same
-boundary the Flower messages cross), sketch arrays decoded and size-checked before they are built, the
-space's own rules on the input shape, constraints the space can meet at all (its smallest architecture,
-the one with every gene 0, must fit), the strategy's name and config (the strategy is built once, so a
-config it would refuse at the job's start is refused here), and the API's own budget limit.
+boundary the Flower messages cross), sketch arrays decoded and size-checked before they are built, a
+registered space (built-in or plug-in) and its own rules on the input shape, constraints the space can
+meet at all (its smallest architecture, the one with every gene 0, must fit; its latency as the device's
+`latency_model` predicts it), the strategy's name and config (the strategy is built once, so a config it
+would refuse at the job's start is refused here), and the API's own budget limit.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from nasfleet.protocol.messages import (
     MessageError,
     ResourceConstraints,
 )
-from nasfleet.search.limits import device_feasibility, search_limits
+from nasfleet.search.limits import device_feasibility
 from nasfleet.server.api.errors import ApiError, invalid
 from nasfleet.server.api.schemas import Base64Array, CharacteristicsIn, SubmitRequest
 from nasfleet.server.service.jobs import JobOptions
-from nasfleet.spaces import SearchSpace, get_space
+from nasfleet.spaces import SearchSpace, discover_spaces, get_space
 from nasfleet.strategies.base import Feasibility, StrategyError
 from nasfleet.strategies.discovery import discover_strategies, get_strategy
 
@@ -144,6 +145,14 @@ def constraints(body: SubmitRequest) -> tuple[ResourceConstraints, DeviceProfile
 
 
 def _space(body: SubmitRequest) -> SearchSpace:
+    """The request's space: any registered one (built-in or plug-in, as `get_space` resolves them)."""
+    entries, problems = discover_spaces()
+    if body.space not in entries:
+        rule = f"must be a registered space, one of {sorted(entries)}"
+        broken = next((problem.reason for problem in problems if problem.name == body.space), None)
+        if broken is not None:
+            raise invalid("space", f"{rule}, but plug-in space {body.space!r} cannot be used: {broken}")
+        raise invalid("space", f"{rule}, but got {body.space!r}")
     options = body.space_options.model_dump(exclude_none=True)
     if options and body.space != "nb201":
         raise invalid("space_options", f"must be empty for space {body.space!r}, but got {options}")
@@ -167,21 +176,22 @@ def _feasibility(space: SearchSpace, spec: JobSpec, device_profile: DeviceProfil
         raise invalid("constraints.max_memory_mb", f"must hold one float32 parameter (4 bytes), but got "
                       f"{limits.max_memory_mb!r} MB")  # fmt: skip
     try:
-        bounds = search_limits(limits, profile)
+        feasible = device_feasibility(space, limits, profile, classes, shape)
     except StrategyError as error:
         raise invalid("constraints", str(error)) from None
+    bounds = feasible.constraints
     checks: list[tuple[str, float | None, float, str]] = [
         ("max_params", bounds.max_params, cost.params, "params"),
         ("max_flops", bounds.max_flops, cost.flops, "FLOPs"),
     ]
-    if profile is not None and bounds.max_latency_ms is not None:
-        checks.append(("max_latency_ms", bounds.max_latency_ms, profile.predict_latency_ms(cost.flops), "ms"))
+    if feasible.latency_model is not None and bounds.max_latency_ms is not None:  # the device's own model
+        checks.append(("max_latency_ms", bounds.max_latency_ms, feasible.latency_model(smallest), "ms"))
     for name, bound, smallest_cost, unit in checks:
         if bound is not None and smallest_cost > bound:
             field = "max_memory_mb" if name == "max_params" and bound != limits.max_params else name
             raise invalid(f"constraints.{field}", f"must admit the smallest architecture of {space.name} "
                           f"({smallest_cost:g} {unit}), but allows {bound:g}")  # fmt: skip
-    return device_feasibility(space, limits, profile, classes, shape)
+    return feasible
 
 
 def _strategy(spec: JobSpec, space: SearchSpace, feasible: Feasibility) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from nasfleet.protocol.codecs import decode_characteristics
 from nasfleet.protocol.messages import DeviceProfile, MessageError
+from nasfleet.search.limits import predicted_latency_ms
 from nasfleet.server.api.schemas import (
     CellEdge,
     DeviceOut,
@@ -68,20 +69,28 @@ def _stages(arch: str) -> list[MBV2Stage]:
     ]
 
 
-def _predicted_latency(job: JobRecord, flops: int, devices: list[DeviceRecord]) -> float | None:
+def _predicted_latency(job: JobRecord, arch: str, devices: list[DeviceRecord]) -> float | None:
+    """*arch*'s latency under the job's profile (else its device's registered one), as `latency_model`
+    predicts it (the profile's layer table for this space and data, else its FLOPs model); cached per
+    profile, space and arch, so polling a result builds and traces its SubNet once."""
     wire = job.options.get("profile")
     if wire is None and job.device is not None:
         wire = next((d.profile for d in devices if d.name == job.device and d.profile), None)
     try:
-        return DeviceProfile.from_wire(wire).predict_latency_ms(flops) if wire else None
+        profile = DeviceProfile.from_wire(wire) if wire else None
     except MessageError:
         return None
+    if profile is None:
+        return None
+    data = decode_characteristics(job.options.get("characteristics"))
+    options = JobOptions.from_options(job.options).space_options
+    return predicted_latency_ms(profile, job.space, arch, data.num_classes, data.input_shape, options)
 
 
 def job_result(job: JobRecord, result: ResultRecord, devices: list[DeviceRecord]) -> JobResult:
     return JobResult(
         job_id=job.id, arch=result.arch, score=result.score, params=result.params, flops=result.flops,
-        latency_ms_predicted=_predicted_latency(job, result.flops, devices),
+        latency_ms_predicted=_predicted_latency(job, result.arch, devices),
         proxy_values=dict(result.values), history=[dict(entry) for entry in result.history],
         subnet=subnet(job, result.arch),
     )  # fmt: skip

@@ -58,8 +58,9 @@ def shared_job_name(run: str, tier: str) -> str:
 def started_profile(
     registry: Registry, tenant: str, job_name: str, profile: DeviceProfile | None
 ) -> DeviceProfile | None:
-    """*profile* with the measured numbers of the one the job *job_name* was started with, if it exists
-    with a profile of the same tier and memory; else *profile* as it is (the settings then compare)."""
+    """*profile* with the measured numbers (FLOPs fit and layer table) of the one the job *job_name* was
+    started with, if it exists with a profile of the same tier and memory; else *profile* as it is (the
+    settings then compare)."""
     job = registry.find_job(tenant, job_name)
     wire = None if job is None or profile is None else job.options.get("profile")
     if not wire:
@@ -68,4 +69,6 @@ def started_profile(
     stored = DeviceProfile.from_wire(wire)
     if (stored.tier, stored.memory_mb) != (profile.tier, profile.memory_mb):
         return profile
-    return replace(profile, flops_per_ms=stored.flops_per_ms, overhead_ms=stored.overhead_ms)
+    return replace(
+        profile, flops_per_ms=stored.flops_per_ms, overhead_ms=stored.overhead_ms, layers=stored.layers
+    )

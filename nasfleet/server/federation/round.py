@@ -37,6 +37,7 @@ from nasfleet.protocol.messages import (
     TrainingReport,
 )
 from nasfleet.proxies.engine import progress_bar
+from nasfleet.search.limits import predicted_latency_ms
 from nasfleet.server.federation.config import RoundConfig
 from nasfleet.server.federation.names import device_job_name, shared_job_name, started_profile
 from nasfleet.server.registry import Registry, RegistryError, ReportRecord, ResultRecord
@@ -48,7 +49,10 @@ from nasfleet.server.service.runtime import make_service
 
 @dataclass
 class DeviceOutcome:
-    """One device in one round: its messages, its job, its reports, and its status with the reason."""
+    """One device in one round: its messages, its job, its reports, and its status with the reason.
+
+    ``space`` is the round's search space (set by `RoundRecorder.register`), whose archs ``predict`` reads.
+    """
 
     node: int
     status: str = "ok"
@@ -65,6 +69,7 @@ class DeviceOutcome:
     cost: tuple[int, int] | None = None  # the SubNet's (params, FLOPs)
     predicted_latency_ms: float | None = None
     predicted: dict[str, float] = field(default_factory=dict)  # arch -> predicted latency (ms)
+    space: str = "nb201"
 
     @property
     def trained(self) -> list[TrainingReport]:
@@ -100,11 +105,15 @@ class DeviceOutcome:
     def fail(self, status: str, reason: str) -> None:
         self.status, self.error = status, reason
 
-    def predict(self, arch: str, flops: int) -> float | None:
-        """*arch*'s latency on this device as its profile predicts it (remembered for its reports)."""
-        if self.profile is None:
+    def predict(self, arch: str, flops: int | None = None) -> float | None:
+        """*arch*'s latency on this device as its profile predicts it (`predicted_latency_ms`: its layer
+        table, else its FLOPs model), remembered for its reports; *flops* is unused (the arch says it)."""
+        chars = self.characteristics
+        if self.profile is None or chars is None:
             return None
-        self.predicted[arch] = self.profile.predict_latency_ms(flops)
+        self.predicted[arch] = predicted_latency_ms(
+            self.profile, self.space, arch, chars.num_classes, chars.input_shape
+        )
         return self.predicted[arch]
 
     def settle(self, arch: str, params: int, flops: int) -> None:
@@ -124,6 +133,7 @@ class RoundRecorder:
     def register(self, outcome: DeviceOutcome, config: RoundConfig) -> None:
         """Tenant, device and (for an ok device) its search job; the job id goes onto the outcome."""
         identity = outcome.identity or DeviceIdentity("unknown", outcome.name)
+        outcome.space = config.space
         self.registry.create_tenant(identity.tenant, exist_ok=True)
         chars = outcome.characteristics
         self.registry.upsert_device(
@@ -319,19 +329,9 @@ def report_record(
     report: TrainingReport, device: str | None, predicted_ms: float | None, run: str | None, round_number: int
 ) -> ReportRecord:
     return ReportRecord(
-        report.job_id,
-        report.arch,
-        report.accuracy,
-        report.loss,
-        report.train_seconds,
-        report.num_train,
-        report.num_test,
-        predicted_ms,
-        report.latency_ms,
-        device,
-        run=run,
-        round=round_number,
-    )
+        report.job_id, report.arch, report.accuracy, report.loss, report.train_seconds, report.num_train,
+        report.num_test, predicted_ms, report.latency_ms, device, run=run, round=round_number,
+    )  # fmt: skip
 
 
 def tier_of(outcome: DeviceOutcome) -> str:
