@@ -314,25 +314,36 @@ class FGNAS(Aggregate):
     """Dynamic nonlinear rank aggregation (eqs. 28-30); R_G = R_GC when labels are unavailable (alpha = 0)."""
 
     name = "fgnas"
+    INPUTS: ClassVar[tuple[str, str, str, str]] = ("fg_fi", "fg_fc", "fg_gc", "fg_gi")
     use_features: ClassVar[bool] = True
     use_gradients: ClassVar[bool] = True
     nonlinear: ClassVar[bool] = True
 
     def inputs(self, labeled: bool) -> tuple[str, ...]:
-        features = ("fg_fi", "fg_fc") if self.use_features else ()
-        gradients = (("fg_gc", "fg_gi") if labeled else ("fg_gc",)) if self.use_gradients else ()
+        fi, fc, gc, gi = self.INPUTS
+        features = (fi, fc) if self.use_features else ()
+        gradients = ((gc, gi) if labeled else (gc,)) if self.use_gradients else ()
         return features + gradients
+
+    def rank(self, name: str, values: Mapping[str, np.ndarray]) -> np.ndarray:
+        """A proxy's ranking R_x: here normalized to (0, 1], best 1 (see `nonlinear_fusion`)."""
+        return proxy_rank(name, values)
+
+    def rerank(self, fused: np.ndarray) -> np.ndarray:
+        """What eq. 30 takes of eqs. 28-29's values: here their normalized ranks."""
+        return normalized_rank(fused)
 
     def combine(self, values: Mapping[str, np.ndarray], labeled: bool) -> np.ndarray:
         fuse = nonlinear_fusion if self.nonlinear else linear_fusion
+        fi, fc, gc, gi = self.INPUTS
         branches = []
         if self.use_features:  # eq. 29
-            branches.append(normalized_rank(fuse(proxy_rank("fg_fi", values), proxy_rank("fg_fc", values))))
+            branches.append(self.rerank(fuse(self.rank(fi, values), self.rank(fc, values))))
         if self.use_gradients:  # eq. 28
-            gc = proxy_rank("fg_gc", values)
-            branches.append(normalized_rank(fuse(gc, proxy_rank("fg_gi", values))) if labeled else gc)
+            gradient = self.rank(gc, values)
+            branches.append(self.rerank(fuse(gradient, self.rank(gi, values))) if labeled else gradient)
         if len(branches) == 1:
-            return branches[0]
+            return np.asarray(branches[0], dtype=float)
         return fuse(branches[0], branches[1])  # eq. 30
 
 

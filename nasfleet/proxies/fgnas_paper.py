@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import ClassVar
 
 import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from nasfleet.proxies.aggregate import Aggregate, register_aggregate
+from nasfleet.proxies.aggregate import register_aggregate
 from nasfleet.proxies.base import PROXIES, Proxy, ProxyError, register
-from nasfleet.proxies.fgnas import DEFAULT_VARIANCE, EPS, MIN_SIGMA, feature_matrix
+from nasfleet.proxies.fgnas import DEFAULT_VARIANCE, EPS, FGNAS, MIN_SIGMA, feature_matrix
 from nasfleet.proxies.probe import Probe, rademacher
 
 PAPER_GAMMA = 0.6
@@ -272,38 +271,20 @@ def paper_rank(name: str, values: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.asarray(rankdata(column if PROXIES[name].higher_is_better else -column), dtype=float)
 
 
-def paper_fusion(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The shared form of eqs. 28-30, ``ln(a b) + a^2 + b^2``, applied to the values as they come: eq. 30
-    takes R_F and R_G of eqs. 28-29 themselves (each >= 2 with integer ranks), not their ranks."""
-    fused: np.ndarray = np.log(a * b) + a**2 + b**2
-    return fused
-
-
 @register_aggregate
-class PaperFGNAS(Aggregate):
-    """R of eq. 30 from R_F (eq. 29) and R_G (eq. 28; R_G = R_GC when alpha = 0), as printed."""
+class PaperFGNAS(FGNAS):
+    """R of eq. 30 from R_F (eq. 29) and R_G (eq. 28; R_G = R_GC when alpha = 0), as printed: the proxies'
+    integer ranks (`paper_rank`), and eq. 30 takes R_F and R_G themselves (each >= 2 with integer ranks),
+    not their ranks."""
 
     name = "fgnas_paper"
-    use_features: ClassVar[bool] = True
-    use_gradients: ClassVar[bool] = True
-    nonlinear: ClassVar[bool] = True
+    INPUTS = ("fgp_fi", "fgp_fc", "fgp_gc", "fgp_gi")
 
-    def inputs(self, labeled: bool) -> tuple[str, ...]:
-        features = ("fgp_fi", "fgp_fc") if self.use_features else ()
-        gradients = (("fgp_gc", "fgp_gi") if labeled else ("fgp_gc",)) if self.use_gradients else ()
-        return features + gradients
+    def rank(self, name: str, values: Mapping[str, np.ndarray]) -> np.ndarray:
+        return paper_rank(name, values)
 
-    def combine(self, values: Mapping[str, np.ndarray], labeled: bool) -> np.ndarray:
-        fuse = paper_fusion if self.nonlinear else np.add
-        branches = []
-        if self.use_features:  # eq. 29
-            branches.append(fuse(paper_rank("fgp_fi", values), paper_rank("fgp_fc", values)))
-        if self.use_gradients:  # eq. 28
-            gc = paper_rank("fgp_gc", values)
-            branches.append(fuse(paper_rank("fgp_gi", values), gc) if labeled else gc)
-        if len(branches) == 1:
-            return np.asarray(branches[0], dtype=float)
-        return np.asarray(fuse(branches[0], branches[1]), dtype=float)  # eq. 30
+    def rerank(self, fused: np.ndarray) -> np.ndarray:
+        return fused
 
 
 @register_aggregate
