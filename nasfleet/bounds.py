@@ -11,6 +11,7 @@ MAX_SEED = 2**31 - 1  # a user-given search or scoring seed
 MAX_COUNT = 10**15  # max_params, max_flops
 MAX_BATCH_SIZE = 4096  # a probe mini-batch
 DEVICES = ("cpu", "cuda")  # where proxies are computed
+DEFAULT_AGGREGATE = "aznas_meco_fi"  # the default scorer, chosen in experiments/correlation/default_scorer.py
 
 DEFAULT_REGISTRY_URL = "sqlite:///nasfleet-registry.db"  # a file in the current directory
 DEFAULT_BROKER_URL = "sqlite:///nasfleet-broker.db"  # the embedded broker of serve, orchestrate, worker

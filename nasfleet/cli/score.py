@@ -14,6 +14,7 @@ from typing import Annotated
 import click
 import typer
 
+from nasfleet.bounds import DEFAULT_AGGREGATE
 from nasfleet.cli.inputs import checked_device, expand_proxies, probe_batch, read_archs, space_named
 from nasfleet.cli.options import (
     MAX_ARCHS,
@@ -54,7 +55,7 @@ def score(
     space: SpaceOption = "nb201",
     data: DataOption = "synthetic",
     batch_size: BatchSizeOption = 64,
-    proxies: ProxiesOption = "fgnas",
+    proxies: ProxiesOption = DEFAULT_AGGREGATE,
     seed: SeedOption = 0,
     unlabeled: UnlabeledOption = False,
     device: DeviceOption = "cpu",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import click
 import typer
 
-from nasfleet.bounds import DEFAULT_REGISTRY_URL
+from nasfleet.bounds import DEFAULT_AGGREGATE, DEFAULT_REGISTRY_URL
 from nasfleet.cli.inputs import probe_batch, space_named, train_split
 from nasfleet.cli.options import (
     MAX_COUNT,
@@ -139,7 +139,7 @@ def search(
     ] = "{}",
     aggregate: Annotated[
         str, typer.Option("--aggregate", help="Fitness: an aggregate over the archive.")
-    ] = "fgnas",
+    ] = DEFAULT_AGGREGATE,
     tenant: Annotated[str, typer.Option("--tenant", help="Registry tenant the job belongs to.")] = "default",
     name: Annotated[
         str | None,

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nasfleet import checks
+from nasfleet.bounds import DEFAULT_AGGREGATE
 from nasfleet.proxies.base import ProxyError
 from nasfleet.proxies.engine import expand_names
 from nasfleet.spaces import space_names
@@ -46,7 +47,7 @@ class SearchConfig:
     ask_size: int = 8
     strategy_config: Mapping[str, Any] = field(default_factory=dict)
     labeled: bool = True
-    aggregate: str = "fgnas"
+    aggregate: str = DEFAULT_AGGREGATE
     constraints: SearchLimits = field(default_factory=SearchLimits)
     scoring_seed: int | None = None
 

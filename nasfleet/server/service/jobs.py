@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from nasfleet.bounds import DEFAULT_AGGREGATE
 from nasfleet.protocol.checks import check_integer, known_keys, safe_name, text
 from nasfleet.protocol.codecs import decode_characteristics, encode_characteristics
 from nasfleet.protocol.messages import DataCharacteristics, DeviceProfile, ResourceConstraints
@@ -53,7 +54,7 @@ class JobOptions:
     """
 
     ask_size: int = 8
-    aggregate: str = "fgnas"
+    aggregate: str = DEFAULT_AGGREGATE
     batch_size: int = 16
     scoring_seed: int = 0
     space_options: Mapping[str, Any] = field(default_factory=dict)
