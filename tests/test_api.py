@@ -38,7 +38,9 @@ from service_support import (
 )
 from typer.testing import CliRunner
 
+from nasfleet.bounds import DEFAULT_AGGREGATE
 from nasfleet.cli.serve import tenants_app
+from nasfleet.proxies import get_aggregate
 from nasfleet.server.api.runner import OrchestratorLoop
 from nasfleet.spaces import get_space
 
@@ -165,7 +167,7 @@ def check_result(result: dict[str, Any], body: dict[str, Any]) -> None:
     assert "+".join(nodes) == result["arch"] and len(subnet["cell"]) == 6
     network = space.build(tuple(subnet["genome"]), subnet["num_classes"], tuple(subnet["input_shape"]))
     assert network(torch.zeros(2, *shape)).shape == (2, classes)
-    assert set(result["proxy_values"]) == {"fg_fi", "fg_fc", "fg_gc", "fg_gi"}
+    assert set(result["proxy_values"]) == set(get_aggregate(DEFAULT_AGGREGATE).inputs(labeled=True))
     assert all(np.isfinite(list(result["proxy_values"].values())))
     assert result["history"][-1]["evaluations"] == body["budget"]
 

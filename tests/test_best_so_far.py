@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from nasfleet.bounds import DEFAULT_AGGREGATE
 from nasfleet.cli import app
 from nasfleet.data.datasets import load_dataset
 from nasfleet.proxies.probe import ProbeBatch
@@ -36,7 +37,7 @@ def _recomputed(result: SearchResult) -> list[float]:
     for step in range(1, result.steps + 1):
         members = [entry for entry in archive if entry.step <= step]
         values = {name: [entry.values[name] for entry in members] for name in members[0].values}
-        fitness = archive_fitness([e.arch for e in members], values, "fgnas", True)
+        fitness = archive_fitness([e.arch for e in members], values, DEFAULT_AGGREGATE, True)
         entered = [entry_percentile(fitness, i) for i, entry in enumerate(members) if entry.step == step]
         best = max([best, *entered])
         shown.append(best)

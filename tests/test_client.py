@@ -24,8 +24,10 @@ import numpy as np
 import pytest
 from service_support import characteristics, child_process, children, free_port, kill_groups
 
+from nasfleet.bounds import DEFAULT_AGGREGATE
 from nasfleet.client import ApiError, Job, JobError, TenantClient
 from nasfleet.protocol.messages import ResourceConstraints
+from nasfleet.proxies import get_aggregate
 
 TINY: dict[str, Any] = {"space_options": {"channels": 8, "cells_per_stage": 1}, "budget": 8, "ask_size": 4,
                         "probe_batch_size": 8}  # fmt: skip
@@ -108,7 +110,7 @@ def test_submit_wait_with_progress_and_fetch_the_result(
     assert counts == sorted(counts) and counts[-1] == 8 and seen[-1].status == "done"
     assert result.job_id == first.id and result.arch.startswith("|") and math.isfinite(result.score)
     assert result.params <= 400_000 and result.history[-1]["evaluations"] == 8
-    assert set(result.proxy_values) == {"fg_fi", "fg_fc", "fg_gc", "fg_gi"}
+    assert set(result.proxy_values) == set(get_aggregate(DEFAULT_AGGREGATE).inputs(labeled=True))
     assert (result.subnet["num_classes"], result.subnet["input_shape"]) == (4, [3, 8, 8])
     assert client.status(second.id) == seen[-1]
     assert [job.id for job in client.jobs(status="done")][-2:] == [first.id, second.id]

@@ -353,7 +353,7 @@ def test_nasfleet_score_computes_the_fgnas_proxies_and_aggregate(
     archs.write_text("\n".join([DOC_EXAMPLE, BASE, SPACE.encode(_samples(SPACE, 1, seed=12)[0])]) + "\n")
     options = ("--archs", str(archs), "--out", str(out), "--data", "digits", "--batch-size", "8")
 
-    result = CliRunner().invoke(app, ["score", "--space", "coer", *options])
+    result = CliRunner().invoke(app, ["score", "--space", "coer", "--proxies", "fgnas", *options])
 
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(out.open()))

@@ -34,6 +34,7 @@ from flwr.app.metadata import Metadata
 from flwr.clientapp import ClientApp
 from rich.console import Console
 
+from nasfleet.bounds import DEFAULT_AGGREGATE
 from nasfleet.clients.app import ERROR_BAD_MESSAGE, make_client_app
 from nasfleet.clients.device import assign_tiers
 from nasfleet.protocol import messages
@@ -178,7 +179,7 @@ def test_round_two_trains_the_archive_member_the_model_chooses_and_the_best_repo
         evaluations = healthy.rows("evaluations", job_id=outcome.job_id)
         archs = [e["arch"] for e in evaluations]
         values = {name: [e["values"][name] for e in evaluations] for name in evaluations[0]["values"]}
-        fitness = archive_fitness(archs, values, "fgnas", True)
+        fitness = archive_fitness(archs, values, DEFAULT_AGGREGATE, True)
         ranked = [archs[i] for i in np.argsort(-fitness, kind="stable")]
         assert outcome.report.arch == ranked[0] and outcome.refinements[0].arch == ranked[1]
         best = max(outcome.trained, key=lambda r: r.accuracy)
