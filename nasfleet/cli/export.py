@@ -18,7 +18,7 @@ import typer
 
 from nasfleet.bounds import DEFAULT_REGISTRY_URL
 from nasfleet.cli.inputs import parse_input_shape, space_named
-from nasfleet.cli.options import MAX_CLASSES, RegistryOption
+from nasfleet.cli.options import MAX_CLASSES, SPACE_HELP, RegistryOption
 from nasfleet.cli.outputs import OutputError, check_output, write_output
 from nasfleet.export import FORMATS, ExportDependencyError, export_bytes
 
@@ -35,7 +35,7 @@ def export(
             "--out", help="The model file to write ('-': standard output, if it is not a terminal)."
         ),
     ],
-    space: Annotated[str | None, typer.Option("--space", help="Search space: mbv2 | nb201.")] = None,
+    space: Annotated[str | None, typer.Option("--space", help=SPACE_HELP)] = None,
     arch: Annotated[str | None, typer.Option("--arch", help="The arch's canonical string.")] = None,
     job: Annotated[
         str | None,

@@ -27,7 +27,8 @@ MAX_ARCHS = 1_000_000  # architectures one command samples or reads
 MAX_PROCESSES = 256
 
 # -- what to score, and how ------------------------------------------------------------------------------
-SpaceOption = Annotated[str, typer.Option("--space", help="Search space: mbv2 | nb201.")]
+SPACE_HELP = "Search space: a registered name (`nasfleet spaces list`), e.g. nb201."
+SpaceOption = Annotated[str, typer.Option("--space", help=SPACE_HELP)]
 ArchsOption = Annotated[
     Path, typer.Option("--archs", help="File of arch strings, one a line ('-' for stdin).")
 ]
