@@ -287,9 +287,9 @@ def test_a_device_whose_limits_admit_nothing_fails_alone_and_the_shared_job_fits
 
 # -- a round with failing devices ----------------------------------------------------------------------------
 #: The faulty round's query timeout: it must cover the cold start of Flower's Ray actors (which import
-#: torch and nasfleet before their first reply, several seconds on a busy 2-core machine); the silent
-#: device sleeps SILENT_EXTRA_S beyond it.
-QUERY_TIMEOUT_S = 25.0
+#: torch and nasfleet before their first reply, several seconds on a busy 2-core machine) and the timing
+#: of the device's latency table (up to `TABLE_SECONDS`); the silent device sleeps SILENT_EXTRA_S beyond it.
+QUERY_TIMEOUT_S = 40.0
 SILENT_EXTRA_S = 5.0
 SILENT, FAILING, MALFORMED = 1, 2, 3
 INJECTED_REASON = "injected failure: sensor offline"
@@ -359,7 +359,7 @@ def test_silent_and_failing_devices_are_recorded_while_the_others_finish(faulty:
         assert outcome.report is not None and 0.0 <= outcome.report.accuracy <= 1.0
     # Nothing hung: Ray's start, the query timeout, two searches and two trainings (Flower's simulation
     # also lets the silent device's call return before it shuts down).
-    assert faulty.seconds < 120, faulty.seconds
+    assert faulty.seconds < 150, faulty.seconds
 
 
 def test_the_registry_records_each_failed_device_with_its_status_and_reason(faulty: Round) -> None:
