@@ -1,11 +1,11 @@
 """FG-NAS: four zero-cost proxies and their dynamic nonlinear rank aggregation.
 
 Method of "Efficient Zero-Cost NAS for Personalized AI Systems in Cloud-Edge Networks" (FG-NAS,
-``../shared/seeds/000_...``). This is nasfleet's reading, the service's default: it was first written from
-an account of the paper, and two of its readings (the feature-matrix layout and S_FC's Pearson matrix) were
-chosen on development samples. `nasfleet.proxies.fgnas_paper` follows the paper's printed words instead
-(the ``fgnas_paper`` aggregate); ``docs/fgnas.md`` compares the two step by step. Every reading is written
-down in the docstring of the function that implements it.
+``../shared/seeds/000_...``). This is nasfleet's reading (the default scorer until stop 25): it was first
+written from an account of the paper, and two of its readings (the feature-matrix layout and S_FC's
+Pearson matrix) were chosen on development samples. `nasfleet.proxies.fgnas_paper` follows the paper's
+printed words instead (the ``fgnas_paper`` aggregate); ``docs/fgnas.md`` compares the two step by step.
+Every reading is written down in the docstring of the function that implements it.
 
 Shared conventions (interpretations):
 
