@@ -179,14 +179,25 @@ def log_in(driver: Any, server: Server, key: str) -> None:
 
 def click_and_load(driver: Any, element: Any) -> None:
     """Click *element* and wait until the page it leads to has loaded (a click does not wait)."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
-    page = driver.find_element(By.TAG_NAME, "html")
+    driver.execute_script("window.nasfleetOldPage = true")  # a new document gets a new window object
     element.click()
-    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(page))
-    WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    WebDriverWait(driver, 30).until(lambda d: _new_page_loaded(d))
+
+
+def _new_page_loaded(driver: Any) -> bool:
+    """Whether the document the click led to has replaced the old one and finished loading. While the
+    browser navigates, a WebDriver call can fail in several ways (a stale element, a node that "does not
+    belong to the document", an unloaded document); each only means "not yet"."""
+    from selenium.common.exceptions import WebDriverException
+
+    try:
+        script = "return [window.nasfleetOldPage === undefined, document.readyState]"
+        replaced, state = driver.execute_script(script)
+    except WebDriverException:
+        return False
+    return bool(replaced) and state == "complete"
 
 
 def progress(driver: Any) -> tuple[int, int, str]:
