@@ -53,7 +53,9 @@ def read_truth(path: Path) -> dict[str, float]:
 
 
 def read_results(folder: Path) -> list[dict[str, Any]]:
-    return [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+    """The run JSONs in ``folder``; a report written there (``--out`` the same folder) is not one."""
+    paths = sorted(path for path in folder.glob("*.json") if path.name != "report.json")
+    return [json.loads(path.read_text()) for path in paths]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -178,7 +180,7 @@ def plot(
     axis.axhline(REFERENCES["optimum"], color="gray", linestyle=":", linewidth=1, label="NB201 optimum 94.37")
     axis.set_xlabel("evaluations")
     axis.set_ylabel("cifar10_test of the best-so-far arch (%)")
-    axis.set_title(f"NB201, FG-NAS fitness on a {data} probe batch: mean over seeds (band: min-max)")
+    axis.set_title(f"NB201, {data} probe batch: mean over seeds (band: min-max)")
     lowest = min(float(np.nanmin(r["curve"])) for r in rows)
     axis.set_ylim(min(91.0, np.floor(lowest) - 0.5), 94.8)
     axis.grid(alpha=0.3)
@@ -202,7 +204,8 @@ def render(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
     lines = [
         "# Search experiment report (issue 4)",
         "",
-        f"NB201, FG-NAS fitness on {report['probe']}; budget {budget}, ask {report['ask_size']}; "
+        f"NB201, `{report['scorer']}` fitness on {report['probe']}; budget {budget}, "
+        f"ask {report['ask_size']}; "
         f"{len(rows)} runs. Ground truth: `cifar10_test` (200 epochs), read only here.",
         "",
         "## Found arch: cifar10_test (mean ± sample std over seeds)",
@@ -339,6 +342,7 @@ def main() -> None:
         for result in read_results(folder):
             feasibility.append({"space": result["config"]["space"], **check_feasibility(result)})
     report = {
+        "scorer": first["config"].get("aggregate", "fgnas"),
         "probe": probe,
         "budget": budget,
         "ask_size": first["config"]["ask_size"],
@@ -353,7 +357,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "report.md").write_text(render(report, rows))
-    plot(args.out / "best_so_far.png", strategies, rows, str(first.get("data")))
+    data = f"{report['scorer']} fitness on a {first.get('data')}"
+    plot(args.out / "best_so_far.png", strategies, rows, data)
     print(render(report, rows))
 
 
