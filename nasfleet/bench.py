@@ -32,6 +32,7 @@ import numpy as np
 from nasfleet.bench_metrics import TOP_FRACTION, measure, summarize, top_count
 from nasfleet.bench_report import write_outputs
 from nasfleet.bench_store import Checkpoint, digest, open_checkpoint, score_missing
+from nasfleet.bounds import MAX_REPEATS, MIN_SAMPLE
 from nasfleet.proxies.base import PROXIES
 from nasfleet.proxies.engine import (
     IsolationTiming,
@@ -47,8 +48,6 @@ from nasfleet.spaces import Genome, SearchSpace
 
 ARCH_COLUMN = "arch_str"
 NON_ACCURACY_COLUMNS = ("index", ARCH_COLUMN)
-MIN_SAMPLE = 3
-MAX_REPEATS = 100
 
 
 @dataclass(frozen=True)

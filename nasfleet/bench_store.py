@@ -23,12 +23,10 @@ import fcntl
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,9 +34,7 @@ import numpy as np
 
 from nasfleet.progress import progress as progress_display
 from nasfleet.proxies.engine import IsolationTiming
-from nasfleet.proxies.scorer import Scored, ScoringJob, score_one, scorer_context
-from nasfleet.proxies.scorer import _init_worker as init_scoring_worker  # the engine's own pool entry
-from nasfleet.proxies.scorer import _score_in_worker as score_in_worker
+from nasfleet.proxies.scorer import Scored, ScoringJob, stream_scores
 from nasfleet.spaces import Genome
 
 PARTIAL = "scores.partial.csv"
@@ -185,28 +181,6 @@ def open_checkpoint(
 
 
 # -- scoring what is missing -----------------------------------------------------------------------------
-def _stream_scores(
-    job: ScoringJob, todo: Sequence[tuple[str, Genome]], workers: int
-) -> Iterator[tuple[str, Scored]]:
-    """Each arch of ``todo`` with its values, as it finishes: here, or in ``workers`` spawned processes."""
-    if workers == 1:
-        local = job.on_device()
-        with scorer_context(job.device):
-            for text, arch in todo:
-                yield text, score_one(local, arch)
-        return
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(
-        min(workers, len(todo)), mp_context=context, initializer=init_scoring_worker, initargs=(job,)
-    )
-    try:
-        futures: dict[Future[Scored], str] = {pool.submit(score_in_worker, a): t for t, a in todo}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _duration(seconds: float) -> str:
     minutes, second = divmod(round(seconds), 60)
     hours, minute = divmod(minutes, 60)
@@ -248,6 +222,7 @@ def score_missing(
     done, pace = len(archs) - len(todo), _Pace(len(todo))
     with progress_display("scoring", len(archs), progress) as update:
         update(done, f"resumed, {done} already scored" if done else "")
-        for count, (text, scored) in enumerate(_stream_scores(job, todo, workers) if todo else (), 1):
-            checkpoint.append(text, scored)
-            update(done + count, pace.note(count))
+        with closing(stream_scores(job, [arch for _, arch in todo], workers)) as stream:
+            for count, (index, scored) in enumerate(stream, 1):
+                checkpoint.append(todo[index][0], scored)
+                update(done + count, pace.note(count))

@@ -115,7 +115,7 @@ def test_bench_refuses_to_resume_with_another_setting(tmp_path: Path) -> None:
     [
         (("--sample", "many"), "must be 'all' or an integer in [3, 1000000], but got 'many'"),
         (("--sample", "all"), "repeats must be 1 when the sample is the whole file (8 rows)"),
-        (("--repeats", "0"), "--repeats"),
+        (("--repeats", "0"), "Invalid value for '--repeats'"),
     ],
 )
 def test_bench_rejects_a_bad_sample_or_repeats_before_writing(

@@ -76,7 +76,7 @@ class Scorings:
             self.count += 1
             return original(*args)
 
-        monkeypatch.setattr("nasfleet.bench_store.score_one", counted)
+        monkeypatch.setattr("nasfleet.proxies.scorer.score_one", counted)
 
 
 def _rows(path: Path) -> list[list[str]]:

@@ -225,6 +225,14 @@ def test_the_result_reports_timing_overhead_and_a_resumable_state() -> None:
     assert fresh.done and fresh.told == 4
 
 
+def test_an_unlabeled_search_scores_only_the_inputs_that_need_no_labels() -> None:
+    result = _search(_config(budget=4, labeled=False, aggregate="fgnas"))
+
+    values = result.to_dict()["best"]["values"]
+    assert set(values) == {"fg_fi", "fg_fc", "fg_gc"}  # no S_GI: it needs labels
+    assert "fg_gi" in get_aggregate("fgnas").inputs(labeled=True)
+
+
 def test_progress_prints_plain_lines_when_stderr_is_no_terminal(capsys: pytest.CaptureFixture[str]) -> None:
     with search_progress(40, enabled=True) as show:
         for done in range(4, 41, 4):

@@ -14,7 +14,7 @@ from typing import Annotated
 import click
 import typer
 
-from nasfleet.bounds import DEFAULT_AGGREGATE
+from nasfleet.bounds import DEFAULT_AGGREGATE, MAX_REPEATS, MIN_SAMPLE
 from nasfleet.cli.inputs import checked_device, expand_proxies, probe_batch, read_archs, space_named
 from nasfleet.cli.options import (
     MAX_ARCHS,
@@ -101,20 +101,20 @@ SampleOption = Annotated[
         help="Architectures to draw (seeded), or 'all' for every arch of the ground truth.",
     ),
 ]
-MAX_REPEATS = 100
 
 
 def _sample_size(text: str) -> int | None:
-    """``--sample``: None for ``all``, else an integer in [3, `MAX_ARCHS`]."""
+    """``--sample``: None for ``all``, else an integer in [`MIN_SAMPLE`, `MAX_ARCHS`]."""
     if text.strip().lower() == "all":
         return None
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if not 3 <= value <= MAX_ARCHS:
+    if not MIN_SAMPLE <= value <= MAX_ARCHS:
         raise typer.BadParameter(
-            f"must be 'all' or an integer in [3, {MAX_ARCHS}], but got {text!r}", param_hint="--sample"
+            f"must be 'all' or an integer in [{MIN_SAMPLE}, {MAX_ARCHS}], but got {text!r}",
+            param_hint="--sample",
         )
     return value
 

@@ -21,7 +21,8 @@ from nasfleet import checks
 #: Largest magnitude of a sketch value; clipped data is within sqrt(C*H*W) <= 111 of zero.
 MAX_SKETCH_MAGNITUDE = 1e6
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_SPACE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+#: A space's name as registered: a letter, then up to 63 characters of [A-Za-z0-9_.-].
+SPACE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
 class MessageError(ValueError):
@@ -105,8 +106,8 @@ def space_name(scalars: Mapping[str, Any], field: str) -> str:
     """A space's name as registered (``nb201``, ``autoformer-edge``, a plug-in's entry point name): a letter,
     then up to 63 characters of [A-Za-z0-9_.-]; never a path."""
     value = scalars.get(field)
-    require(isinstance(value, str) and _SPACE_NAME.fullmatch(value) is not None, field,
-            "a space name matching [A-Za-z][A-Za-z0-9_.-]{0,63}", value)  # fmt: skip
+    require(isinstance(value, str) and SPACE_NAME.fullmatch(value) is not None, field,
+            f"a space name matching {SPACE_NAME.pattern}", value)  # fmt: skip
     return str(value)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nasfleet.protocol.checks import check_number, known_keys, require
+from nasfleet.protocol.checks import SPACE_NAME, check_number, known_keys, require
 
 MAX_LAYER_TIMES = 8192
 MAX_LAYER_KINDS = 256
@@ -28,7 +28,6 @@ SCALE = (1e-3, 1e3)
 #: The kind whose fallback serves a layer of a kind the table does not name.
 ANY_KIND = "*"
 _LAYER_ID = re.compile(r"[0-9a-f]{12}")
-_SPACE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -100,8 +99,8 @@ class LayerTable:
 def _spaces(value: object) -> tuple[tuple[str, str], ...]:
     spaces = _mapping(value, "layers.spaces", MAX_SPACES, "")
     for name, fingerprint in spaces.items():
-        ok = isinstance(name, str) and _SPACE_NAME.fullmatch(name) is not None
-        require(ok, "layers.spaces", "keyed by space names matching [A-Za-z][A-Za-z0-9_.-]{0,63}", name)
+        ok = isinstance(name, str) and SPACE_NAME.fullmatch(name) is not None
+        require(ok, "layers.spaces", f"keyed by space names matching {SPACE_NAME.pattern}", name)
         ok = isinstance(fingerprint, str) and _LAYER_ID.fullmatch(fingerprint) is not None
         require(ok, f"layers.spaces[{name}]", "12 lower-case hex digits", fingerprint)
     return tuple(sorted(spaces.items()))

@@ -22,7 +22,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -30,7 +29,7 @@ from torch.overrides import TorchFunctionMode
 
 from nasfleet.proxies.base import Proxy, ProxyError, register
 from nasfleet.proxies.fgnas import gradient_signal
-from nasfleet.proxies.probe import Probe
+from nasfleet.proxies.probe import Probe, stream_seed
 
 NI_SIGMA = 0.05
 NI_STREAM = 0x4E49  # "NI"
@@ -219,7 +218,7 @@ class NTKCondition(Proxy):
 
 # -- noise immunity ---------------------------------------------------------------------------------------
 def _is_pooling(func: Any) -> bool:
-    return any(func is candidate for candidate in POOLING_FUNCTIONS)
+    return func in POOLING_FUNCTIONS
 
 
 def _is_global_average(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -299,15 +298,6 @@ def noise_immunity(clean: Sequence[torch.Tensor], noisy: Sequence[torch.Tensor])
     return float(total)
 
 
-def noise_seed(seed: int) -> int:
-    """A seed for NI's noise derived from (seed, "NI"), not ``seed`` itself.
-
-    A generator seeded with ``seed`` alone may be the one that drew the batch; its noise would then equal
-    the inputs, X' = (1 + sigma) X, which batch norm all but cancels.
-    """
-    return int(np.random.SeedSequence([seed, NI_STREAM]).generate_state(1)[0])
-
-
 @register
 class NoiseImmunity(Proxy):
     """NI, noise immunity (Wu et al. [18], as the GA-rk paper, Section 2.1, defines it): eta, lower is better.
@@ -319,7 +309,7 @@ class NoiseImmunity(Proxy):
 
     - z ~ N(0, sigma^2) per input element, sigma = 0.05: the paper gives no sigma; 0.05 is the one of the
       authors' experiments (OEmiliatanO/Rank-Based-NAS: its stored result files carry sigma 0.05).
-      It is drawn from a CPU generator seeded from ``probe.seed`` (`noise_seed`).
+      It is drawn from a CPU generator seeded from (``probe.seed``, `NI_STREAM`) (`stream_seed`).
     - "passing X and X' through the untrained architecture": two separate no-grad forward passes of
       ``probe.network`` with batch norm in training mode, each with its own batch statistics, on copies
       of the buffers (`side_pass`).
@@ -342,7 +332,7 @@ class NoiseImmunity(Proxy):
 
     def compute(self, probe: Probe) -> float:
         clean_inputs = probe.batch.inputs.detach()
-        generator = torch.Generator(device="cpu").manual_seed(noise_seed(probe.seed))
+        generator = torch.Generator(device="cpu").manual_seed(stream_seed(probe.seed, NI_STREAM))
         noise = torch.randn(clean_inputs.shape, generator=generator).to(clean_inputs)
         with side_pass(probe.network):
             clean = pooled_features(probe.network, clean_inputs)

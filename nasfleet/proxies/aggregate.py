@@ -19,15 +19,20 @@ from nasfleet.plugins import PluginTable
 from nasfleet.proxies.base import PROXIES, ProxyError
 
 
-def normalized_rank(values: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
-    """Average ranks scaled to (0, 1]: the best value gets 1, the worst 1/N."""
+def directed_ranks(values: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
+    """Average ranks 1..N in the values' better direction: the best value gets N, the worst 1."""
     array = np.asarray(values, dtype=float)
     if array.ndim != 1 or array.size == 0:
         raise ProxyError(f"ranking needs a non-empty 1-D array of values, but got shape {array.shape}")
     if not np.all(np.isfinite(array)):
         raise ProxyError("ranking needs finite values, but got NaN or inf")
-    ranks = rankdata(array if higher_is_better else -array, method="average")
-    return np.asarray(ranks / array.size, dtype=float)
+    return np.asarray(rankdata(array if higher_is_better else -array, method="average"), dtype=float)
+
+
+def normalized_rank(values: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
+    """Average ranks scaled to (0, 1]: the best value gets 1, the worst 1/N."""
+    ranks = directed_ranks(values, higher_is_better)
+    return ranks / ranks.size
 
 
 def proxy_rank(name: str, values: Mapping[str, np.ndarray]) -> np.ndarray:

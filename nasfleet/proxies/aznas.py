@@ -41,7 +41,7 @@ from nasfleet.proxies.aggregate import register_aggregate
 from nasfleet.proxies.base import Proxy, ProxyError, register
 from nasfleet.proxies.fgnas import MIN_SIGMA, feature_matrix, gradient_change
 from nasfleet.proxies.hybrid import RankAggregate
-from nasfleet.proxies.probe import Probe, rademacher
+from nasfleet.proxies.probe import Probe, rademacher, stream_seed, vector_jacobian
 from nasfleet.proxies.size import Flops
 
 AZ_STREAM = 0x415A  # "AZ": the Rademacher probes' own random stream
@@ -157,12 +157,11 @@ def block_gains(probe: Probe) -> list[float | None]:
 
     def compute() -> list[float | None]:
         features = network_features(probe)
-        seed = int(np.random.SeedSequence([probe.seed, AZ_STREAM]).generate_state(1)[0])
-        generator = torch.Generator(device="cpu").manual_seed(seed)
+        generator = torch.Generator(device="cpu").manual_seed(stream_seed(probe.seed, AZ_STREAM))
         gains: list[float | None] = []
         for f_in, f_out in itertools.pairwise(features):
             v = rademacher(f_out.shape, generator).to(f_out)
-            pushed = _vector_jacobian(f_in, f_out, v)
+            pushed = vector_jacobian(f_in, f_out, v)
             if pushed.shape == v.shape and torch.equal(pushed, v):
                 gains.append(None)
                 continue
@@ -170,13 +169,6 @@ def block_gains(probe: Probe) -> list[float | None]:
         return gains
 
     return probe.memo(("aznas-gains",), compute)
-
-
-def _vector_jacobian(f_in: torch.Tensor, f_out: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    if not (f_out.requires_grad and f_in.requires_grad):
-        return torch.zeros_like(f_in)  # f^l does not depend on f^(l-1): a dead block
-    (grad,) = torch.autograd.grad(f_out, f_in, v, retain_graph=True, allow_unused=True)
-    return torch.zeros_like(f_in) if grad is None else grad
 
 
 def trainability(gains: list[float | None]) -> float:

@@ -90,10 +90,16 @@ def _principal_components(
     total = float(eigenvalues.sum())
     if total <= EPS:
         return centred, torch.zeros(1, dtype=rows.dtype), torch.zeros(rows.shape[1], 1, dtype=rows.dtype)
-    explained = torch.cumsum(eigenvalues, 0) / total
-    kept = int(torch.searchsorted(explained, torch.tensor(variance - 1e-12, dtype=explained.dtype))) + 1
-    kept = min(kept, rows.shape[1])
+    kept = kept_components(eigenvalues, variance)
     return centred, eigenvalues[:kept], eigenvectors[:, :kept]
+
+
+def kept_components(eigenvalues: torch.Tensor, variance: float) -> int:
+    """Eq. 6: the smallest d whose top d of the descending ``eigenvalues`` (sum > 0) hold a share >=
+    ``variance`` of their sum, at most all of them (round-off can leave the full sum's share just below 1)."""
+    explained = torch.cumsum(eigenvalues, 0) / float(eigenvalues.sum())
+    kept = int(torch.searchsorted(explained, torch.tensor(variance - 1e-12, dtype=explained.dtype))) + 1
+    return min(kept, len(eigenvalues))
 
 
 def reduce_features(output: torch.Tensor, variance: float = DEFAULT_VARIANCE) -> ReducedFeatures:

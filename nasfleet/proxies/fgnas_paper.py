@@ -23,12 +23,11 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
-from nasfleet.proxies.aggregate import register_aggregate
+from nasfleet.proxies.aggregate import directed_ranks, register_aggregate
 from nasfleet.proxies.base import PROXIES, Proxy, ProxyError, register
-from nasfleet.proxies.fgnas import DEFAULT_VARIANCE, EPS, FGNAS, MIN_SIGMA, feature_matrix
-from nasfleet.proxies.probe import Probe, rademacher
+from nasfleet.proxies.fgnas import DEFAULT_VARIANCE, EPS, FGNAS, MIN_SIGMA, feature_matrix, kept_components
+from nasfleet.proxies.probe import Probe, rademacher, vector_jacobian
 
 PAPER_GAMMA = 0.6
 PAPER_PROBES = 4
@@ -64,9 +63,7 @@ def paper_reduce(output: torch.Tensor, variance: float = DEFAULT_VARIANCE) -> to
     total = float(eigenvalues.sum())
     if total <= EPS:
         return torch.zeros(rows.shape[0], 1, dtype=rows.dtype)
-    explained = torch.cumsum(eigenvalues, 0) / total
-    kept = int(torch.searchsorted(explained, torch.tensor(variance - 1e-12, dtype=explained.dtype))) + 1
-    kept = min(kept, int((eigenvalues > EPS * total).sum()))
+    kept = min(kept_components(eigenvalues, variance), int((eigenvalues > EPS * total).sum()))
     singular = eigenvalues[:kept].sqrt()
     basis = centred.T @ left[:, :kept] / singular  # V: the n x k right singular vectors of F_bar
     centred_scores = left[:, :kept] * singular  # F_bar V
@@ -165,16 +162,8 @@ def block_jacobian(block_in: torch.Tensor, block_out: torch.Tensor, probes: torc
     spectral norm is the same either way); zeros when the output does not depend on the input.
     """
     rows = block_out.numel() // _channels(block_out)
-    pushed = []
-    for v in probes:
-        grad = None
-        if block_out.requires_grad and block_in.requires_grad:
-            (grad,) = torch.autograd.grad(
-                block_out, block_in, _broadcast(v, block_out), retain_graph=True, allow_unused=True
-            )
-        pushed.append(torch.zeros(_channels(block_in), dtype=torch.double) if grad is None
-                      else _channel_sum(grad) / rows)  # fmt: skip
-    estimate: torch.Tensor = torch.stack(pushed).T @ probes.double() / len(probes)
+    sums = [_channel_sum(vector_jacobian(block_in, block_out, _broadcast(v, block_out))) for v in probes]
+    estimate: torch.Tensor = (torch.stack(sums) / rows).T @ probes.double() / len(probes)
     return estimate
 
 
@@ -189,7 +178,7 @@ def paper_sigmas(probe: Probe, n_probes: int = PAPER_PROBES) -> np.ndarray:
         generator = torch.Generator(device="cpu").manual_seed(probe.seed)
         sigmas = []
         for block_in, block_out in zip(probe.block_inputs, probe.block_outputs, strict=True):
-            probes = rademacher(torch.Size((n_probes, _channels(block_out))), generator)
+            probes = rademacher(torch.Size((n_probes, _channels(block_out))), generator).to(block_out.device)
             jacobian = block_jacobian(block_in, block_out, probes)
             sigmas.append(max(float(torch.linalg.matrix_norm(jacobian, ord=2)), MIN_SIGMA))
         return np.array(sigmas)
@@ -265,10 +254,7 @@ def paper_rank(name: str, values: Mapping[str, np.ndarray]) -> np.ndarray:
     """
     if name not in values:
         raise ProxyError(f"aggregate needs proxy {name!r}, but the values hold only {sorted(values)}")
-    column = np.asarray(values[name], dtype=float)
-    if column.ndim != 1 or column.size == 0 or not np.all(np.isfinite(column)):
-        raise ProxyError(f"ranking {name!r} needs a non-empty 1-D array of finite values, but got {column}")
-    return np.asarray(rankdata(column if PROXIES[name].higher_is_better else -column), dtype=float)
+    return directed_ranks(values[name], PROXIES[name].higher_is_better)
 
 
 @register_aggregate

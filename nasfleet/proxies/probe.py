@@ -257,20 +257,13 @@ class Probe:
             sketches = []
             for block_in, block_out in zip(self.block_inputs, self.block_outputs, strict=True):
                 probes = [rademacher(block_out.shape, generator).to(block_out) for _ in range(n_probes)]
-                pushed = [self._vector_jacobian(block_in, block_out, v) for v in probes]
+                pushed = [vector_jacobian(block_in, block_out, v) for v in probes]
                 v_matrix = torch.stack([v.flatten() for v in probes]).double()
                 p_matrix = torch.stack([p.flatten() for p in pushed]).double()
                 sketches.append((v_matrix @ v_matrix.T, p_matrix @ p_matrix.T))
             return sketches
 
         return self.memo(("jacobian-sketches", n_probes), compute)
-
-    @staticmethod
-    def _vector_jacobian(block_in: torch.Tensor, block_out: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if not (block_out.requires_grad and block_in.requires_grad):
-            return torch.zeros_like(block_in)
-        (grad,) = torch.autograd.grad(block_out, block_in, v, retain_graph=True, allow_unused=True)
-        return torch.zeros_like(block_in) if grad is None else grad
 
     def memo(self, key: Hashable, compute: Callable[[], T]) -> T:
         """Compute a derived quantity once per probe, so proxies that share it share the work."""
@@ -286,6 +279,25 @@ class Probe:
             return torch.zeros_like(self.inputs).flatten(1)
         (grad,) = torch.autograd.grad(logits.sum(), self.inputs, retain_graph=True, allow_unused=True)
         return (torch.zeros_like(self.inputs) if grad is None else grad).flatten(1)
+
+
+def vector_jacobian(block_in: torch.Tensor, block_out: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``J^T v``: ``v`` (shaped like ``block_out``) pushed back from ``block_out`` to ``block_in`` through
+    their sub-graph only, keeping the graph for other proxies; zeros shaped like ``block_in`` where the
+    output does not depend on the input (a dead block)."""
+    if not (block_out.requires_grad and block_in.requires_grad):
+        return torch.zeros_like(block_in)
+    (grad,) = torch.autograd.grad(block_out, block_in, v, retain_graph=True, allow_unused=True)
+    return torch.zeros_like(block_in) if grad is None else grad
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """A seed for a proxy's own random stream, derived from (``seed``, ``stream``), not ``seed`` itself.
+
+    A generator seeded with ``seed`` alone may be the one that drew the batch; its draws would then repeat
+    the batch's (NI's noise would equal the inputs, X' = (1 + sigma) X, which batch norm all but cancels).
+    """
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
 
 
 def rademacher(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -92,16 +92,6 @@ def scorer_context(device: str) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def score_here(job: ScoringJob, archs: Sequence[Genome], on_done: Callable[[int], None]) -> list[Scored]:
-    """`score_one` of each architecture here, in `scorer_context`; ``on_done(count)`` after each."""
-    local, results = job.on_device(), []
-    with scorer_context(job.device):
-        for arch in archs:
-            results.append(score_one(local, arch))
-            on_done(len(results))
-    return results
-
-
 _WORKER_JOB: ScoringJob | None = None
 
 
@@ -118,21 +108,61 @@ def _score_in_worker(arch: Genome) -> Scored:
     return score_one(_WORKER_JOB, arch)
 
 
-def score_in_pool(
-    job: ScoringJob, archs: Sequence[Genome], workers: int, on_done: Callable[[int], None]
-) -> list[Scored]:
-    """`score_one` of each architecture in ``workers`` spawned processes, in order; ``on_done(count)``
-    as each finishes."""
+def _stream_here(job: ScoringJob, archs: Sequence[Genome]) -> Generator[tuple[int, Scored], None, None]:
+    local = job.on_device()
+    with scorer_context(job.device):
+        for index, arch in enumerate(archs):
+            yield index, score_one(local, arch)
+
+
+def _stream_in_pool(
+    job: ScoringJob, archs: Sequence[Genome], workers: int
+) -> Generator[tuple[int, Scored], None, None]:
     context = multiprocessing.get_context("spawn")
-    results: dict[int, Scored] = {}
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(job,))
     try:
         futures: dict[Future[Scored], int] = {
             pool.submit(_score_in_worker, arch): index for index, arch in enumerate(archs)
         }
         for future in as_completed(futures):
-            results[futures[future]] = future.result()
-            on_done(len(results))
+            yield futures[future], future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return [results[index] for index in range(len(archs))]
+
+
+def stream_scores(
+    job: ScoringJob, archs: Sequence[Genome], workers: int = 1
+) -> Generator[tuple[int, Scored], None, None]:
+    """``(index, score_one(job, archs[index]))`` for each architecture as it finishes: in this process, in
+    order and in `scorer_context`, when ``workers`` is 1 (or there is nothing to score); else in
+    ``min(workers, len(archs))`` spawned processes, in the order they finish. Close the generator to stop
+    early: a pool then cancels what has not started."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, but got {workers}")
+    if workers == 1 or not archs:
+        return _stream_here(job, archs)
+    return _stream_in_pool(job, archs, min(workers, len(archs)))
+
+
+def _collect(
+    stream: Generator[tuple[int, Scored], None, None], count: int, on_done: Callable[[int], None]
+) -> list[Scored]:
+    results: dict[int, Scored] = {}
+    with closing(stream):
+        for index, scored in stream:
+            results[index] = scored
+            on_done(len(results))
+    return [results[index] for index in range(count)]
+
+
+def score_here(job: ScoringJob, archs: Sequence[Genome], on_done: Callable[[int], None]) -> list[Scored]:
+    """`score_one` of each architecture here, in `scorer_context`; ``on_done(count)`` after each."""
+    return _collect(stream_scores(job, archs), len(archs), on_done)
+
+
+def score_in_pool(
+    job: ScoringJob, archs: Sequence[Genome], workers: int, on_done: Callable[[int], None]
+) -> list[Scored]:
+    """`score_one` of each architecture in ``workers`` spawned processes, in order; ``on_done(count)``
+    as each finishes (a pool even for one worker, unlike `stream_scores`)."""
+    return _collect(_stream_in_pool(job, archs, workers), len(archs), on_done)
