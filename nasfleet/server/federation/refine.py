@@ -84,7 +84,7 @@ def refine(
             r.arch: space.cost(space.decode(r.arch), chars.num_classes, chars.input_shape)
             for r in outcome.trained
         }
-        for arch, cost in costs.items():
-            outcome.predict(arch, cost.flops)
+        for arch in costs:
+            outcome.predict(arch)
         if (best := outcome.best) is not None:
             outcome.settle(best.arch, costs[best.arch].params, costs[best.arch].flops)

@@ -105,9 +105,9 @@ class DeviceOutcome:
     def fail(self, status: str, reason: str) -> None:
         self.status, self.error = status, reason
 
-    def predict(self, arch: str, flops: int | None = None) -> float | None:
+    def predict(self, arch: str) -> float | None:
         """*arch*'s latency on this device as its profile predicts it (`predicted_latency_ms`: its layer
-        table, else its FLOPs model), remembered for its reports; *flops* is unused (the arch says it)."""
+        table, else its FLOPs model), remembered for its reports."""
         chars = self.characteristics
         if self.profile is None or chars is None:
             return None
@@ -118,7 +118,7 @@ class DeviceOutcome:
 
     def settle(self, arch: str, params: int, flops: int) -> None:
         """The device's SubNet: its cost and predicted latency."""
-        self.cost, self.predicted_latency_ms = (params, flops), self.predict(arch, flops)
+        self.cost, self.predicted_latency_ms = (params, flops), self.predict(arch)
 
 
 class RoundRecorder:
