@@ -155,6 +155,26 @@ def test_the_servers_prediction_traces_an_arch_once(monkeypatch: pytest.MonkeyPa
     assert first == pytest.approx(table_sum(table, NB201, arch, CLASSES, SMALL))
 
 
+def test_a_search_rebuilt_at_every_step_keeps_its_archs_predictions(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: count the real tracer's calls; a job builds its space anew at every step (`JobRun`)
+    arch = sample(NB201, 6)
+    table = table_for(NB201, [arch], CLASSES, SMALL)
+    profile = DeviceProfile("rebuilt", 1e5, 0.5, 2.0, table)  # a profile no other test caches
+    traced: list[int] = []
+    real = latency.trace_calls
+    monkeypatch.setattr(latency, "trace_calls", lambda *a, **k: traced.append(1) or real(*a, **k))
+
+    def step() -> float:
+        return latency_model(profile, NB201Space(channels=8, cells_per_stage=1), CLASSES, SMALL)(arch)
+
+    # Execute
+    predictions = [step() for _ in range(3)]
+
+    # Assert: each step traces its space's fingerprint, the arch is traced once
+    assert len(traced) == 3 + 1
+    assert predictions == [pytest.approx(table_sum(table, NB201, arch, CLASSES, SMALL))] * 3
+
+
 def test_a_round_predicts_its_devices_latency_from_the_table(tmp_path: Path) -> None:
     # Prepare: a device whose profile has a table for mbv2 at its data, registered in an mbv2 round
     space, shape = get_space("mbv2"), (3, 16, 16)

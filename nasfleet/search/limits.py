@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
+from nasfleet.protocol.layers import LayerTable
 from nasfleet.protocol.messages import DeviceProfile, ResourceConstraints
 from nasfleet.search.latency import space_fingerprint, table_model
 from nasfleet.spaces import Genome, InputShape, SearchSpace, get_space
@@ -38,26 +39,57 @@ def search_limits(constraints: ResourceConstraints, profile: DeviceProfile | Non
 
 def uses_table(profile: DeviceProfile, space: SearchSpace, num_classes: int, input_shape: InputShape) -> bool:
     """Whether ``profile`` has a layer table measured for ``space`` at this class count and input shape."""
-    layers = profile.layers
-    if layers is None or (fingerprint := layers.fingerprint(space.name)) is None:
-        return False  # no table for this space's name: nothing to trace
-    return fingerprint == space_fingerprint(space, num_classes, input_shape)
+    return _table_space(profile, space, num_classes, input_shape) is not None
 
 
 def latency_model(
     profile: DeviceProfile, space: SearchSpace, num_classes: int, input_shape: InputShape
 ) -> LatencyModel:
     """Predicted latency (ms) of an architecture of ``space`` on ``profile``'s device: from its layer table
-    when `uses_table` (`nasfleet.search.latency.table_model`, cached per arch), else from its exact FLOPs
-    (see the module docstring)."""
+    when `uses_table` (`nasfleet.search.latency.table_model`, cached per arch and shared by every space
+    with the same fingerprint in this process), else from its exact FLOPs (see the module docstring)."""
     shape = check_input_shape(input_shape, num_classes)
-    if profile.layers is not None and uses_table(profile, space, num_classes, shape):
-        return table_model(profile.layers, space, num_classes, shape)
+    if profile.layers is not None and (keyed := _table_space(profile, space, num_classes, shape)) is not None:
+        return _shared_table_model(profile.layers, keyed, num_classes, shape)
 
     def predict(arch: Genome) -> float:
         return profile.predict_latency_ms(space.cost(arch, num_classes, shape).flops)
 
     return predict
+
+
+class _Fingerprinted:
+    """A space, equal to (and hashed as) every space with its `space_fingerprint`: they build the same
+    layers, so one table model serves them all."""
+
+    def __init__(self, space: SearchSpace, num_classes: int, shape: InputShape) -> None:
+        self.space, self.fingerprint = space, space_fingerprint(space, num_classes, shape)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Fingerprinted) and other.fingerprint == self.fingerprint
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
+
+def _table_space(
+    profile: DeviceProfile, space: SearchSpace, num_classes: int, input_shape: InputShape
+) -> _Fingerprinted | None:
+    """``space`` keyed by its fingerprint if ``profile``'s table was measured for it, else None."""
+    layers = profile.layers
+    if layers is None or (measured := layers.fingerprint(space.name)) is None:
+        return None  # no table for this space's name: nothing to trace
+    keyed = _Fingerprinted(space, num_classes, input_shape)
+    return keyed if keyed.fingerprint == measured else None
+
+
+@functools.lru_cache(maxsize=CACHED_MODELS)
+def _shared_table_model(
+    table: LayerTable, space: _Fingerprinted, num_classes: int, shape: InputShape
+) -> LatencyModel:
+    """`table_model`, one per table and space fingerprint in this process: a search job, rebuilt from the
+    registry at every step, keeps its archs' predictions (each a build and a trace, tens of ms)."""
+    return table_model(table, space.space, num_classes, shape)
 
 
 @functools.lru_cache(maxsize=CACHED_MODELS)
