@@ -47,6 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=HERE / "results" / "nb201")
     parser.add_argument("--table", type=Path, default=SHARED / "nas-bench-201" / "nb201-accuracy-200ep.csv")
+    parser.add_argument("--out", type=Path, default=HERE, help="Where report.md, report.json, curve.png go.")
     args = parser.parse_args()
     runs = [json.loads(p.read_text()) for p in sorted(args.results.glob("seed-*.json"))]
     tables = {task: read_table(args.table, task) for task in TASKS}
@@ -87,13 +88,16 @@ def main() -> None:
     reads = {task: [run["loop"][task]["reads"] for run in runs] for task in TASKS}
     lines += ["", f"Reports read per device (every read counted): {reads}."]
     lines += ["", f"Wall seconds per seed: {[round(run['seconds']) for run in runs]}."]
-    (HERE / "report.md").write_text("\n".join(lines) + "\n")
-    (HERE / "report.json").write_text(json.dumps({"summary": summary, "curves": data}, indent=1) + "\n")
-    plot(data, tables)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.md").write_text("\n".join(lines) + "\n")
+    (args.out / "report.json").write_text(json.dumps({"summary": summary, "curves": data}, indent=1) + "\n")
+    plot(data, tables, args.out / "curve.png")
     print("\n".join(lines))
 
 
-def plot(data: dict[str, dict[str, list[list[float]]]], tables: dict[str, dict[str, float]]) -> None:
+def plot(
+    data: dict[str, dict[str, list[list[float]]]], tables: dict[str, dict[str, float]], path: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,7 +117,7 @@ def plot(data: dict[str, dict[str, list[list[float]]]], tables: dict[str, dict[s
         ax.set_title(task)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(HERE / "curve.png", dpi=110)
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
