@@ -1,4 +1,4 @@
-"""Hybrid rankings of a population: TE-NAS, COER-NAS and GA-rk.
+"""Hybrid rankings of a population: TE-NAS, GA-rk (and the base of COER-NAS's, in `nasfleet.proxies.coer`).
 
 Each aggregate ranks the population once per input proxy, in that proxy's own direction, with
 `normalized_rank` (best 1, worst 1/N, ties share their average rank), and combines the ranks into one score
@@ -11,10 +11,8 @@ per architecture, higher is better. None of them needs labels, so ``labeled`` ch
   1..N scale even though ``linear_regions`` ties often (it saturates at the batch size).
 - ``garank``: GA-rk's rank combination (Hsieh & Tsai, "GA-based Training-Free NAS Algorithm with Hybrid
   Score Function", 2023): see `GARank`.
-- ``coer``: COER-NAS's "rank-driven nonlinear geometric fusion" of its four dimensions. The paper was NOT
-  found (see `nasfleet.proxies.activation`); RECONSTRUCTION: the weighted geometric mean
-  prod_k r_k^(w_k) of the four normalized ranks, equal weights w_k = 1/4. A geometric mean is nonlinear
-  in the ranks and punishes an architecture that is weak in any one dimension more than a sum would.
+- ``coer`` and ``coer_linear`` (defined in `nasfleet.proxies.coer`, beside their four dimensions):
+  COER-NAS's "rank-driven nonlinear geometric fusion" (a RECONSTRUCTION: docs/coer.md).
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ import numpy as np
 from nasfleet.proxies.activation import NASWOT, LinearRegions, NoiseImmunity, NTKCondition
 from nasfleet.proxies.aggregate import Aggregate, normalized_rank, register_aggregate
 from nasfleet.proxies.base import PROXIES, ProxyError
-from nasfleet.proxies.coer import CoerIsotropy, CoerRegularity, CoerRobustness, CoerUncertainty
 
 LOGSYNFLOW = "logsynflow"
 # Directions of inputs registered by other modules, for when those modules are not imported.
@@ -105,16 +102,3 @@ class GARank(RankAggregate):
 
     name = "garank"
     INPUTS = (NoiseImmunity.name, NASWOT.name, LOGSYNFLOW)
-
-
-@register_aggregate
-class COER(RankAggregate):
-    """COER-NAS (RECONSTRUCTED): geometric mean of the normalized ranks of its four dimensions."""
-
-    name = "coer"
-    INPUTS = (CoerRobustness.name, CoerIsotropy.name, CoerUncertainty.name, CoerRegularity.name)
-    WEIGHTS: ClassVar[tuple[float, ...]] = (0.25, 0.25, 0.25, 0.25)
-
-    def fuse(self, ranks: np.ndarray) -> np.ndarray:
-        weights = np.asarray(self.WEIGHTS, dtype=float)[:, None]
-        return np.asarray(np.exp((weights * np.log(ranks)).sum(axis=0)), dtype=float)
