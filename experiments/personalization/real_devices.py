@@ -29,13 +29,13 @@ RESULTS = HERE / "results" / "real_devices"
 CLIENTS = 8
 
 
-def run(dataset: str, seed: int, clients: int) -> Path:
+def run(dataset: str, seed: int, clients: int, results: Path = RESULTS) -> Path:
     """One simulate run; its registry export (JSON) is the result. Skipped if already exported."""
-    out = RESULTS / f"{dataset}-seed-{seed}.json"
+    out = results / f"{dataset}-seed-{seed}.json"
     if out.exists():
         return out
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    registry = RESULTS / f"{dataset}-seed-{seed}.db"
+    results.mkdir(parents=True, exist_ok=True)
+    registry = results / f"{dataset}-seed-{seed}.db"
     url = f"sqlite:///{registry}"
     env = {**os.environ, "FLWR_HOME": tempfile.mkdtemp(), "FLWR_TELEMETRY_ENABLED": "0",
            "FLWR_DISABLE_UPDATE_CHECK": "1"}  # fmt: skip
@@ -76,9 +76,9 @@ def devices(export: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def summarize() -> dict[str, Any]:
+def summarize(results: Path = RESULTS, out: Path = HERE) -> dict[str, Any]:
     found: dict[str, Any] = {}
-    for path in sorted(RESULTS.glob("*-seed-*.json")):
+    for path in sorted(results.glob("*-seed-*.json")):
         dataset, seed = path.stem.split("-seed-")
         rows = devices(json.loads(path.read_text()))
         found.setdefault(dataset, {})[seed] = rows
@@ -116,8 +116,8 @@ def summarize() -> dict[str, Any]:
             "distinct_subnets_per_run": distinct, "per_tier": per_tier,
         }  # fmt: skip
     document = {"summary": summary, "devices": found}
-    (HERE / "real_devices.json").write_text(json.dumps(document, indent=2) + "\n")
-    write_report(summary, found)
+    (out / "real_devices.json").write_text(json.dumps(document, indent=2) + "\n")
+    write_report(summary, found, out)
     return summary
 
 
@@ -156,14 +156,14 @@ def _markdown(summary: dict[str, Any], found: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_report(summary: dict[str, Any], found: dict[str, Any]) -> None:
+def write_report(summary: dict[str, Any], found: dict[str, Any], out: Path) -> None:
     """real_devices.md (tables) and real_devices.png (each device: personalized against its tier's shared)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    (HERE / "real_devices.md").write_text("\n".join(_markdown(summary, found)) + "\n")
+    (out / "real_devices.md").write_text("\n".join(_markdown(summary, found)) + "\n")
     figure, axes = plt.subplots(1, len(found), figsize=(4.5 * len(found), 4), squeeze=False)
     for axis, (dataset, seeds) in zip(axes[0], found.items(), strict=True):
         rows = [r for s in seeds.values() for r in s if r["complete"]]
@@ -175,7 +175,7 @@ def write_report(summary: dict[str, Any], found: dict[str, Any]) -> None:
         axis.set(title=dataset, xlabel="tier's shared SubNet (%)", ylabel="personalized, kept best (%)")
         axis.legend()
     figure.tight_layout()
-    figure.savefig(HERE / "real_devices.png", dpi=120)
+    figure.savefig(out / "real_devices.png", dpi=120)
 
 
 def main() -> None:
@@ -184,12 +184,14 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--clients", type=int, default=CLIENTS)
     parser.add_argument("--summarize", action="store_true", help="Only summarize what has run.")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="Where the runs' exports go.")
+    parser.add_argument("--out", type=Path, default=HERE, help="Where real_devices.md/.json/.png go.")
     args = parser.parse_args()
     if not args.summarize:
         for dataset in args.datasets:
             for seed in args.seeds:
-                run(dataset, seed, args.clients)
-    print(json.dumps(summarize(), indent=2))
+                run(dataset, seed, args.clients, args.results)
+    print(json.dumps(summarize(args.results, args.out), indent=2))
 
 
 if __name__ == "__main__":
