@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from toy_networks import Chain, Zero
 
 import nasfleet.proxies.aznas as az
 import nasfleet.proxies.meco as meco
@@ -38,37 +39,11 @@ def as_feature_map(rows: torch.Tensor, batch: int, side: int) -> torch.Tensor:
     return rows.reshape(batch, side, side, -1).permute(0, 3, 1, 2).contiguous()
 
 
-class Chain(nn.Module):
-    """A 1x1-conv stem, the given main blocks, global pooling and a classifier."""
-
-    def __init__(self, *blocks: nn.Module, channels: int = 4) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, channels, 1, bias=False)
-        self.blocks = nn.ModuleList(blocks)
-        self.head = nn.Linear(channels, 10)
-
-    @property
-    def main_blocks(self) -> list[nn.Module]:
-        return list(self.blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for block in self.blocks:
-            x = block(x)
-        logits: torch.Tensor = self.head(x.mean(dim=(2, 3)))
-        return logits
-
-
 def linear_block(weight: torch.Tensor) -> nn.Conv2d:
     conv = nn.Conv2d(weight.shape[1], weight.shape[0], 1, bias=False)
     with torch.no_grad():
         conv.weight.copy_(weight[:, :, None, None])
     return conv
-
-
-class Zero(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(x)
 
 
 def batch(size: int = 64, side: int = 8, seed: int = 0) -> ProbeBatch:

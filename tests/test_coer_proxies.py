@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from toy_networks import Chain, Zero
 
 import nasfleet.proxies.coer as coer
 from nasfleet.proxies.aggregate import get_aggregate
@@ -23,34 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 DIMENSIONS = ("coer_robustness", "coer_isotropy", "coer_uncertainty", "coer_regularity")
 DEAD_BLOCK_COST = math.log(1 / coer.EPS) / 2
-
-
-class Chain(nn.Module):
-    """A 1x1-conv stem, the given main blocks, global pooling and a classifier, no batch norm."""
-
-    def __init__(self, *blocks: nn.Module, channels: int = 4) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, channels, 1, bias=False)
-        self.blocks = nn.ModuleList(blocks)
-        self.head = nn.Linear(channels, 10)
-
-    @property
-    def main_blocks(self) -> list[nn.Module]:
-        return list(self.blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for block in self.blocks:
-            x = block(x)
-        logits: torch.Tensor = self.head(x.mean(dim=(2, 3)))
-        return logits
-
-
-class Zero(nn.Module):
-    """A block whose output ignores its input."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(x)
 
 
 class Scale(nn.Module):
