@@ -128,11 +128,8 @@ def test_without_a_table_for_this_space_and_data_the_flops_model_predicts(case: 
     assert predicted == pytest.approx(flops_ms(NB201, arch, CLASSES, SMALL))
 
 
-def test_the_servers_prediction_traces_an_arch_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Prepare: count the real tracer's calls
-    arch = sample(NB201, 4)
-    table = table_for(NB201, [arch], CLASSES, SMALL)
-    profile = DeviceProfile("trace-once", 1e5, 0.5, 2.0, table)  # a profile no other test caches
+def count_traces(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one at every call of the real tracer from now on."""
     traced: list[int] = []
     real = latency.trace_calls
 
@@ -141,6 +138,15 @@ def test_the_servers_prediction_traces_an_arch_once(monkeypatch: pytest.MonkeyPa
         return real(*args, **kwargs)
 
     monkeypatch.setattr(latency, "trace_calls", counting)
+    return traced
+
+
+def test_the_servers_prediction_traces_an_arch_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: count the real tracer's calls
+    arch = sample(NB201, 4)
+    table = table_for(NB201, [arch], CLASSES, SMALL)
+    profile = DeviceProfile("trace-once", 1e5, 0.5, 2.0, table)  # a profile no other test caches
+    traced = count_traces(monkeypatch)
     options = {"channels": 8, "cells_per_stage": 1}
     text = NB201.encode(arch)
 
@@ -160,9 +166,7 @@ def test_a_search_rebuilt_at_every_step_keeps_its_archs_predictions(monkeypatch:
     arch = sample(NB201, 6)
     table = table_for(NB201, [arch], CLASSES, SMALL)
     profile = DeviceProfile("rebuilt", 1e5, 0.5, 2.0, table)  # a profile no other test caches
-    traced: list[int] = []
-    real = latency.trace_calls
-    monkeypatch.setattr(latency, "trace_calls", lambda *a, **k: traced.append(1) or real(*a, **k))
+    traced = count_traces(monkeypatch)
 
     def step() -> float:
         return latency_model(profile, NB201Space(channels=8, cells_per_stage=1), CLASSES, SMALL)(arch)
