@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from toy_networks import Chain, Zero
+from toy_networks import Chain, Zero, conv_block, random_batch
 
 import nasfleet.proxies.aznas as az
 import nasfleet.proxies.meco as meco
@@ -39,17 +39,8 @@ def as_feature_map(rows: torch.Tensor, batch: int, side: int) -> torch.Tensor:
     return rows.reshape(batch, side, side, -1).permute(0, 3, 1, 2).contiguous()
 
 
-def linear_block(weight: torch.Tensor) -> nn.Conv2d:
-    conv = nn.Conv2d(weight.shape[1], weight.shape[0], 1, bias=False)
-    with torch.no_grad():
-        conv.weight.copy_(weight[:, :, None, None])
-    return conv
-
-
 def batch(size: int = 64, side: int = 8, seed: int = 0) -> ProbeBatch:
-    return ProbeBatch(
-        torch.randn(size, 3, side, side, generator=torch.Generator().manual_seed(seed)), None, 10
-    )
+    return random_batch(size, side, seed)
 
 
 def value(name: str, network: nn.Module, probe_batch: ProbeBatch | None = None, seed: int = 0) -> float:
@@ -123,15 +114,15 @@ def test_space_to_depth_is_pixel_unshuffle_and_zero_pads_odd_sizes() -> None:
 
 def test_orthogonal_linear_block_has_trainability_near_zero() -> None:
     q, _ = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(2)))
-    assert value("az_trainability", Chain(linear_block(q))) == pytest.approx(0.0, abs=0.02)
+    assert value("az_trainability", Chain(conv_block(q))) == pytest.approx(0.0, abs=0.02)
     # 2Q doubles every gradient: 2 - 2 - 1/2, up to the one-probe estimate's noise (4096 rows)
-    assert value("az_trainability", Chain(linear_block(2 * q))) == pytest.approx(-0.5, abs=0.05)
+    assert value("az_trainability", Chain(conv_block(2 * q))) == pytest.approx(-0.5, abs=0.05)
 
 
 def test_identity_and_dead_blocks_get_the_references_worst_values() -> None:
     q, _ = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(2)))
-    assert value("az_trainability", Chain(linear_block(q), nn.Identity())) == az.IDENTITY_TRAINABILITY
-    dead = value("az_trainability", Chain(linear_block(q), Zero()))
+    assert value("az_trainability", Chain(conv_block(q), nn.Identity())) == az.IDENTITY_TRAINABILITY
+    dead = value("az_trainability", Chain(conv_block(q), Zero()))
     assert dead == pytest.approx((2.0 - 1e-6 - 1e6) / 2, rel=1e-3)  # one of two blocks dead
 
 

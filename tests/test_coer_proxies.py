@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from toy_networks import Chain, Zero
+from toy_networks import Chain, Zero, conv_block, random_batch
 
 import nasfleet.proxies.coer as coer
 from nasfleet.proxies.aggregate import get_aggregate
@@ -37,17 +37,8 @@ class Scale(nn.Module):
         return self.factor * x
 
 
-def conv_block(weight: torch.Tensor) -> nn.Conv2d:
-    conv = nn.Conv2d(weight.shape[1], weight.shape[0], 1, bias=False)
-    with torch.no_grad():
-        conv.weight.copy_(weight[:, :, None, None])
-    return conv
-
-
 def batch(size: int = 32, side: int = 8, seed: int = 0) -> ProbeBatch:
-    return ProbeBatch(
-        torch.randn(size, 3, side, side, generator=torch.Generator().manual_seed(seed)), None, 10
-    )
+    return random_batch(size, side, seed)
 
 
 def value(name: str, network: nn.Module) -> float:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nasfleet.proxies.probe import ProbeBatch
+
 
 class Chain(nn.Module):
     """A 1x1-conv stem, the given main blocks, global pooling and a classifier, no batch norm."""
@@ -32,3 +34,18 @@ class Zero(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(x)
+
+
+def conv_block(weight: torch.Tensor) -> nn.Conv2d:
+    """A bias-free 1x1 convolution with the (out, in) matrix ``weight``."""
+    conv = nn.Conv2d(weight.shape[1], weight.shape[0], 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(weight[:, :, None, None])
+    return conv
+
+
+def random_batch(size: int, side: int = 8, seed: int = 0) -> ProbeBatch:
+    """``size`` unlabeled N(0, 1) images of 3 x side x side, 10 classes."""
+    return ProbeBatch(
+        torch.randn(size, 3, side, side, generator=torch.Generator().manual_seed(seed)), None, 10
+    )
