@@ -7,6 +7,11 @@ its search scored, with its zero-cost prior: the rank under the job's aggregate)
 acquisition, and sends the best one the device has not trained yet. The device trains it and reports. A
 device's SubNet at the end is the one it reported best.
 
+A device that also trained its tier's shared SubNet (the round's baseline) reported on one more arch:
+that report enters its model like the others (with the neutral prior 0.5 where the arch is not in the
+device's archive), and the arch counts as trained, so no later round sends it again. The shared SubNet
+is the baseline, never the device's SubNet at the end, unless its own search found that arch too.
+
 These rounds choose within each device's round-1 archive. `nasfleet.personalization.run_fleet` also
 lets the model drive further zero-cost search steps; the service's jobs do not take a model yet.
 """
@@ -26,6 +31,9 @@ from nasfleet.server.federation.round import DeviceOutcome
 from nasfleet.server.registry import Registry, ResultRecord
 from nasfleet.spaces import get_space
 
+#: The zero-cost prior of an arch the device's search did not score (the middle of the (0, 1] ranks).
+NEUTRAL_PRIOR = 0.5
+
 #: Sends each device (by node id) the arch it should train in the given round; returns its reports by node id.
 TrainFn = Callable[[Mapping[int, str], int], Mapping[int, TrainingReport]]
 
@@ -38,6 +46,16 @@ def archive_priors(registry: Registry, outcome: DeviceOutcome, aggregate: str) -
     labeled = outcome.characteristics is not None and outcome.characteristics.labeled
     values = {name: [e.values[name] for e in evaluations] for name in names}
     return dict(priors(archs, archive_fitness(archs, values, aggregate, labeled))) if archs else {}
+
+
+def known(outcome: DeviceOutcome) -> list[TrainingReport]:
+    """The device's reports, one per arch: its own SubNets', then its shared baseline's if that is another
+    arch."""
+    reports = list(outcome.trained)
+    shared = outcome.shared_report
+    if shared is not None and shared.arch not in {r.arch for r in reports}:
+        reports.append(shared)
+    return reports
 
 
 def refine(
@@ -54,14 +72,14 @@ def refine(
     space = get_space(config.space)
     archives = {o.node: archive_priors(registry, o, config.job_options.aggregate) for o in devices}
     observations = [
-        Observation(o.name, o.report.arch, o.report.accuracy, archives[o.node].get(o.report.arch, 1.0))
+        Observation(o.name, r.arch, r.accuracy, archives[o.node].get(r.arch, NEUTRAL_PRIOR))
         for o in devices
-        if o.report is not None
+        for r in known(o)
     ]
     for round_number in range(2, config.rounds + 1):
         chosen: dict[int, str] = {}
         for outcome in devices:
-            tried = {r.arch for r in outcome.trained}
+            tried = {r.arch for r in known(outcome)}
             candidates = [arch for arch in archives[outcome.node] if arch not in tried]
             if not outcome.ok or not candidates:
                 continue
