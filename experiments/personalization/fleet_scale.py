@@ -8,7 +8,9 @@ the Celery workers). A finished size is kept in the JSON and not run again.
     .venv/bin/python experiments/personalization/fleet_scale.py --sizes 4 16 64 256
     .venv/bin/python experiments/personalization/fleet_scale.py --plot-only      # fleet_scale.png
 
-The settings (``--budget``, ``--train-epochs``) are the command's options, written into the results.
+The settings (``--budget``, ``--train-epochs``) are the command's options, written into the results with
+the service's default scorer (``scorer``; a result without one was run with ``fgnas``, the default
+before stop 25).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from nasfleet.bounds import DEFAULT_AGGREGATE
 
 HERE = Path(__file__).parent
 OUT = HERE / "results" / "fleet_scale.json"
@@ -73,8 +77,9 @@ def run(clients: int, budget: int, epochs: int) -> dict[str, Any]:
     wall = time.perf_counter() - started
     sampler.join()
     tail = (work / "stderr.log").read_text().strip().splitlines()[-3:]
-    return {"clients": clients, "budget": budget, "train_epochs": epochs, "exit": code,
-            "wall_seconds": wall, "peak_rss_gib": peak[0] / 2**30, "stderr_tail": tail}  # fmt: skip
+    return {"clients": clients, "budget": budget, "train_epochs": epochs, "scorer": DEFAULT_AGGREGATE,
+            "exit": code, "wall_seconds": wall, "peak_rss_gib": peak[0] / 2**30,
+            "stderr_tail": tail}  # fmt: skip
 
 
 def plot(results: list[dict[str, Any]]) -> None:
@@ -95,6 +100,11 @@ def plot(results: list[dict[str, Any]]) -> None:
     figure.savefig(HERE / "fleet_scale.png", dpi=120)
 
 
+def settings(result: dict[str, Any]) -> tuple[int, int, str]:
+    """What a result was run with, besides its size."""
+    return result["budget"], result["train_epochs"], result.get("scorer", "fgnas")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="*", type=int, default=[4, 16, 64, 256])
@@ -105,15 +115,15 @@ def main() -> None:
     results: list[dict[str, Any]] = json.loads(OUT.read_text()) if OUT.exists() else []
     if not args.plot_only:
         for size in args.sizes:
-            key = (size, args.budget, args.train_epochs)
-            if any((r["clients"], r["budget"], r["train_epochs"]) == key for r in results):
+            key = (size, args.budget, args.train_epochs, DEFAULT_AGGREGATE)
+            if any((r["clients"], *settings(r)) == key for r in results):
                 continue
             results.append(run(size, args.budget, args.train_epochs))
-            results.sort(key=lambda r: (r["budget"], r["train_epochs"], r["clients"]))
+            results.sort(key=lambda r: (*settings(r), r["clients"]))
             OUT.parent.mkdir(parents=True, exist_ok=True)
             OUT.write_text(json.dumps(results, indent=2) + "\n")
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-    plot([r for r in results if (r["budget"], r["train_epochs"]) == (args.budget, args.train_epochs)])
+    plot([r for r in results if settings(r) == (args.budget, args.train_epochs, DEFAULT_AGGREGATE)])
 
 
 if __name__ == "__main__":
