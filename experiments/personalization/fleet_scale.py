@@ -118,11 +118,11 @@ def main() -> None:
             key = (size, args.budget, args.train_epochs, DEFAULT_AGGREGATE)
             if any((r["clients"], *settings(r)) == key for r in results):
                 continue
-            results.append(run(size, args.budget, args.train_epochs))
-            results.sort(key=lambda r: (*settings(r), r["clients"]))
+            result = run(size, args.budget, args.train_epochs)
+            results = sorted([*results, result], key=lambda r: (*settings(r), r["clients"]))
             OUT.parent.mkdir(parents=True, exist_ok=True)
             OUT.write_text(json.dumps(results, indent=2) + "\n")
-            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+            print(json.dumps(result), file=sys.stderr, flush=True)
     plot([r for r in results if settings(r) == (args.budget, args.train_epochs, DEFAULT_AGGREGATE)])
 
 

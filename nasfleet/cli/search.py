@@ -178,12 +178,12 @@ def search(
     Ctrl-C cancels the job (exit 130) and keeps what it scored: rerun with its --name to resume it. An
     unreachable --broker is an error within seconds.
 
-    Why FG-NAS scores are relative: an arch's score combines the ranks of its proxy values among
-    every arch scored so far (the archive), so the current best's score can go down when later archs
-    outrank it on one proxy, though nothing got worse. The progress therefore leads with a monotone
-    "best so far pNN.N": the highest percentile rank any arch had among the archive when it was scored
-    (fixed once computed, so it only rises). The JSON history has both, per step: score and
-    best_percentile. See docs/fgnas.md.
+    Why the scores are relative (every aggregate, the default and FG-NAS alike): an arch's score combines the
+    ranks of its proxy values among every arch scored so far (the archive), so the current best's score can go
+    down when later archs outrank it on one proxy, though nothing got worse. The progress therefore leads with
+    a monotone "best so far pNN.N": the highest percentile rank any arch had among the archive when it was
+    scored (fixed once computed, so it only rises). The JSON history has both, per step: score and
+    best_percentile. See docs/scoring.md.
     """
     from nasfleet.clients.characteristics import extract_characteristics
     from nasfleet.protocol.messages import ResourceConstraints

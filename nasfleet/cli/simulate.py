@@ -126,7 +126,8 @@ def simulate(
     server submits one search job per device and runs them all at once through the orchestrator and
     Celery workers: without --broker, --local-workers workers started here on a temporary SQLite broker
     file, removed when the command ends; with --broker, also any `nasfleet worker`s on that broker. Each
-    scores with FG-NAS on a synthetic batch rebuilt from the device's characteristics; each device trains
+    scores with the default scorer (aznas_meco_fi) on a synthetic batch rebuilt from the device's
+    characteristics; each device trains
     its SubNet locally and reports back, and everything is stored in --registry. Devices are dealt to
     hardware tiers (micro, mobile, edge-gpu), each with its limits (params, FLOPs, latency, weight
     memory); --tier-limits replaces them, and reaches every device as the run config key tier-limits.

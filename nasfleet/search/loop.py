@@ -9,8 +9,8 @@ this process, a job of the service answers them from the shared cache or the wor
 1. ``archs = strategy.ask(ask_size)``; each must be valid and feasible (the strategy repairs; a breach of
    that contract is a `SearchError`, never a silent skip);
 2. architectures not yet in the archive get raw values; an architecture is never scored twice;
-3. the aggregate (FG-NAS by default) is recomputed over the whole archive, because its ranks are relative
-   to the population;
+3. the aggregate (``aznas_meco_fi`` by default) is recomputed over the whole archive, because its ranks
+   are relative to the population;
 4. ``strategy.tell(archs, current fitness)``, then ``strategy.refresh`` with the current fitness of every
    archive member, since earlier values change as the archive grows.
 

@@ -3,11 +3,11 @@
 A strategy proposes architectures (`ask`), learns their fitness (`tell`) and says when its budget is
 spent (`done`). Fitness is *higher is better*.
 
-Re-ranked fitness: FG-NAS fitness is a rank aggregate over the job's archive, so the fitness of an
-architecture told earlier can change as the archive grows. After every aggregation the orchestrator
-calls `refresh` with the current fitness of *every* architecture told so far; a strategy that keeps
-fitness values (a population, an incumbent, a model) must replace them with the refreshed ones. `tell`
-always carries current values too, so a strategy never mixes values from different aggregations.
+Re-ranked fitness: the fitness (every aggregate, FG-NAS's and the default's) is a rank aggregate over the
+job's archive, so the fitness of an architecture told earlier can change as the archive grows. After every
+aggregation the orchestrator calls `refresh` with the current fitness of *every* architecture told so far; a
+strategy that keeps fitness values (a population, an incumbent, a model) must replace them with the refreshed
+ones. `tell` always carries current values too, so a strategy never mixes values from different aggregations.
 
 Constraints: a strategy receives a `Feasibility` check and returns only feasible architectures from
 `ask`, repairing or resampling infeasible candidates before any evaluation is spent on them. If no
