@@ -42,6 +42,7 @@ from nasfleet.personalization import (  # noqa: E402
     run_fleet,
 )
 from nasfleet.personalization.model import (  # noqa: E402
+    NEUTRAL_PRIOR,
     REGRESSORS,
     TREE_SETTINGS,
     DeviceModel,
@@ -117,7 +118,7 @@ def refit_seconds(runs: dict[str, DeviceRun], settings: LoopSettings) -> list[fl
     prior = {name: run.zero_cost_priors() for name, run in runs.items()}
     for number in range(1, settings.rounds + 1):
         seen = [
-            Observation(name, r.arch, r.accuracy, prior[name].get(r.arch, 0.5))
+            Observation(name, r.arch, r.accuracy, prior[name].get(r.arch, NEUTRAL_PRIOR))
             for name, run in runs.items()
             for r in run.reports
             if r.round <= number

@@ -167,6 +167,10 @@ class DeviceModel:
         return np.hstack([prior, arch_features(self.space, genomes)])
 
 
+#: The zero-cost prior of an arch a device's search did not score (the middle of the (0, 1] ranks).
+NEUTRAL_PRIOR = 0.5
+
+
 def priors(archs: Sequence[str], fitness: np.ndarray) -> Mapping[str, float]:
     """Each arch's zero-cost prior: its normalized rank in (0, 1] under *fitness* (higher is better; of
     equal values, the earlier arch ranks higher, as the search's best does)."""

@@ -23,16 +23,13 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from nasfleet.personalization import DeviceModel, Observation
-from nasfleet.personalization.model import priors
+from nasfleet.personalization.model import NEUTRAL_PRIOR, priors
 from nasfleet.protocol.messages import TrainingReport
 from nasfleet.search.loop import archive_fitness
 from nasfleet.server.federation.config import RoundConfig
 from nasfleet.server.federation.round import DeviceOutcome
 from nasfleet.server.registry import Registry, ResultRecord
 from nasfleet.spaces import get_space
-
-#: The zero-cost prior of an arch the device's search did not score (the middle of the (0, 1] ranks).
-NEUTRAL_PRIOR = 0.5
 
 #: Sends each device (by node id) the arch it should train in the given round; returns its reports by node id.
 TrainFn = Callable[[Mapping[int, str], int], Mapping[int, TrainingReport]]
