@@ -288,9 +288,11 @@ def test_a_device_whose_limits_admit_nothing_fails_alone_and_the_shared_job_fits
 # -- a round with failing devices ----------------------------------------------------------------------------
 #: The faulty round's query timeout: it must cover the cold start of Flower's Ray actors (which import
 #: torch and nasfleet before their first reply, several seconds on a busy 2-core machine) and the timing
-#: of the device's latency table (up to `TABLE_SECONDS`); the silent device sleeps SILENT_EXTRA_S beyond it.
+#: of the device's latency table (up to `TABLE_SECONDS`). It is a silence timeout, counted again from each
+#: reply, so the silent device sleeps SILENT_EXTRA_S beyond it: longer than the other four devices take
+#: to answer on the other actor after the cold start.
 QUERY_TIMEOUT_S = 40.0
-SILENT_EXTRA_S = 5.0
+SILENT_EXTRA_S = 30.0
 SILENT, FAILING, MALFORMED = 1, 2, 3
 INJECTED_REASON = "injected failure: sensor offline"
 

@@ -8,6 +8,10 @@ the Celery workers). A finished size is kept in the JSON and not run again.
     .venv/bin/python experiments/personalization/fleet_scale.py --sizes 4 16 64 256
     .venv/bin/python experiments/personalization/fleet_scale.py --plot-only      # fleet_scale.png
 
+``--rerun`` runs the sizes again and replaces their kept results (after a change to the round). Each
+result records the commit it ran on, and when each progress label (the devices' searches, each
+training exchange) last printed, in seconds since the start (``phases``).
+
 The settings (``--budget``, ``--train-epochs``) are the command's options, written into the results with
 the service's default scorer (``scorer``; a result without one was run with ``fgnas``, the default
 before stop 25).
@@ -61,9 +65,8 @@ def run(clients: int, budget: int, epochs: int) -> dict[str, Any]:
                f"sqlite:///{work / 'registry.db'}"]  # fmt: skip
     print(" ".join(command[1:]), file=sys.stderr, flush=True)
     started = time.perf_counter()
-    with open(work / "stderr.log", "w") as log:
-        process = subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
+    process = subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     peak, root = [0], process.pid
 
     def sample() -> None:
@@ -73,13 +76,31 @@ def run(clients: int, budget: int, epochs: int) -> dict[str, Any]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    assert process.stderr is not None
+    lines = [f"{time.perf_counter() - started:7.1f} s  {line.rstrip()}" for line in process.stderr]
     code = process.wait()
     wall = time.perf_counter() - started
     sampler.join()
-    tail = (work / "stderr.log").read_text().strip().splitlines()[-3:]
+    (work / "stderr.log").write_text("\n".join(lines) + "\n")  # each line with its seconds since the start
     return {"clients": clients, "budget": budget, "train_epochs": epochs, "scorer": DEFAULT_AGGREGATE,
-            "exit": code, "wall_seconds": wall, "peak_rss_gib": peak[0] / 2**30,
-            "stderr_tail": tail}  # fmt: skip
+            "commit": _commit(), "exit": code, "wall_seconds": wall, "peak_rss_gib": peak[0] / 2**30,
+            "phases": _phases(lines), "stderr_tail": lines[-3:]}  # fmt: skip
+
+
+def _commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE)
+    return done.stdout.strip()
+
+
+def _phases(lines: list[str]) -> dict[str, float]:
+    """Seconds since the start at which each progress label (the text before its count) last printed."""
+    last: dict[str, float] = {}
+    for line in lines:
+        seconds, _, text = line.strip().partition(" s  ")
+        label, colon, count = text.rpartition(": ")
+        if colon and count[:1].isdigit() and "/" in count:
+            last[label] = float(seconds)
+    return last
 
 
 def plot(results: list[dict[str, Any]]) -> None:
@@ -111,15 +132,18 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=24)
     parser.add_argument("--train-epochs", type=int, default=20)
     parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--rerun", action="store_true", help="run the sizes again, replacing kept results")
     args = parser.parse_args()
     results: list[dict[str, Any]] = json.loads(OUT.read_text()) if OUT.exists() else []
     if not args.plot_only:
         for size in args.sizes:
             key = (size, args.budget, args.train_epochs, DEFAULT_AGGREGATE)
-            if any((r["clients"], *settings(r)) == key for r in results):
+            kept = [r for r in results if (r["clients"], *settings(r)) == key]
+            if kept and not args.rerun:
                 continue
             result = run(size, args.budget, args.train_epochs)
-            results = sorted([*results, result], key=lambda r: (*settings(r), r["clients"]))
+            others = [r for r in results if r not in kept]
+            results = sorted([*others, result], key=lambda r: (*settings(r), r["clients"]))
             OUT.parent.mkdir(parents=True, exist_ok=True)
             OUT.write_text(json.dumps(results, indent=2) + "\n")
             print(json.dumps(result), file=sys.stderr, flush=True)

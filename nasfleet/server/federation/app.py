@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from nasfleet.progress import progress
+from nasfleet.progress import Update, progress
 from nasfleet.protocol.messages import (
     DataCharacteristics,
     DeviceIdentity,
@@ -62,20 +62,33 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
 def exchange(
     grid: Grid, contents: Mapping[int, RecordDict], kind: str, timeout: float, label: str = ""
 ) -> dict[int, Message]:
-    """Send one message per node and return the replies that arrived in time, by node id; with a
-    *label*, show the replies' progress as they come in."""
+    """Send one message per node and return the replies that arrived in time (`collect_replies`), by
+    node id; with a *label*, show the replies' progress as they come in."""
     messages = [Message(content, node, kind) for node, content in contents.items()]
-    pending = set(grid.push_messages(messages))
+    with progress(label, len(messages), enabled=bool(label)) as update:
+        return collect_replies(grid, set(grid.push_messages(messages)), timeout, update)
+
+
+def collect_replies(
+    grid: Grid, pending: set[str], timeout: float, update: Update, poll: float = 0.5
+) -> dict[int, Message]:
+    """The replies to the *pending* message ids, by sender node id, polled every *poll* seconds.
+
+    *timeout* is a silence timeout: collecting ends once every message has its reply, or once no reply
+    has come for *timeout* seconds (counted from the call, then from the latest reply). A deployed fleet
+    answers in parallel, so this is the wait for each device; Flower's simulation answers a few nodes at
+    a time (one per actor), where a deadline for the whole exchange would time out every device after
+    the first waves however healthy they are."""
     replies: dict[int, Message] = {}
     deadline = time.monotonic() + timeout
-    with progress(label, len(pending), enabled=bool(label)) as update:
-        while pending and time.monotonic() < deadline:
-            for reply in grid.pull_messages(list(pending)):
-                pending.discard(reply.metadata.reply_to_message_id)
-                replies[reply.metadata.src_node_id] = reply
-            update(len(replies))
-            if pending:
-                time.sleep(0.5)
+    while pending and time.monotonic() < deadline:
+        for reply in grid.pull_messages(list(pending)):
+            pending.discard(reply.metadata.reply_to_message_id)
+            replies[reply.metadata.src_node_id] = reply
+            deadline = time.monotonic() + timeout
+        update(len(replies))
+        if pending:
+            time.sleep(poll)
     return replies
 
 
@@ -191,7 +204,8 @@ def train_chosen(
 def run_round(grid: Grid, config: RoundConfig, recorder: RoundRecorder) -> list[DeviceOutcome]:
     """One whole round (see the module docstring); returns every device's outcome."""
     nodes = wait_for_nodes(grid, config.num_clients, config.node_wait)
-    replies = exchange(grid, {node: RecordDict() for node in nodes}, QUERY, config.query_timeout)
+    queries = {node: RecordDict() for node in nodes}
+    replies = exchange(grid, queries, QUERY, config.query_timeout, "device queries (replies)")
     outcomes = [parse_query_reply(node, replies.get(node)) for node in nodes]
     for outcome in outcomes:
         try:
