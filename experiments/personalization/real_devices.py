@@ -185,8 +185,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=CLIENTS)
     parser.add_argument("--summarize", action="store_true", help="Only summarize what has run.")
     parser.add_argument("--results", type=Path, default=RESULTS, help="Where the runs' exports go.")
-    parser.add_argument("--out", type=Path, default=HERE, help="Where real_devices.md/.json/.png go.")
+    parser.add_argument("--out", type=Path, help="Where real_devices.md/.json/.png go (default: beside the "
+                        "exports, or this folder for the default --results).")  # fmt: skip
     args = parser.parse_args()
+    if args.out is None:  # another --results never overwrites the default results' summary
+        args.out = HERE if args.results == RESULTS else args.results
     if not args.summarize:
         for dataset in args.datasets:
             for seed in args.seeds:
