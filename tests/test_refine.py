@@ -4,8 +4,10 @@ device is sent next, given its round-1 report and its tier's shared baseline."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from itertools import product
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -13,6 +15,7 @@ from nasfleet.bounds import DEFAULT_AGGREGATE
 from nasfleet.protocol.messages import DeviceIdentity, TrainingReport
 from nasfleet.proxies.assembled import AZNASMeCoFI
 from nasfleet.search.loop import archive_fitness
+from nasfleet.server.federation.app import shared_from_round_one
 from nasfleet.server.federation.config import RoundConfig
 from nasfleet.server.federation.refine import refine
 from nasfleet.server.federation.round import DeviceOutcome
@@ -99,3 +102,18 @@ def test_the_shared_report_is_evidence_for_the_model(tmp_path: Path) -> None:
     registry, job_id, ranked = archive(tmp_path)
     choices = {run_rounds(registry, device(job_id, ranked[0], shared), 2)[0] for shared in ranked[2:]}
     assert choices - {ranked[1]}, "some shared report moves round 2 off the prior's second best"
+
+
+def test_a_round_one_subnet_that_is_the_tiers_shared_arch_stands_for_the_baseline() -> None:
+    """No second training of the same arch: the round-1 report, under the shared job, is the baseline's."""
+    own = device("own-job", ARCHS[0], None)
+    assert own.report is not None
+    results = {"shared-job": SimpleNamespace(arch=ARCHS[0]), "other-job": SimpleNamespace(arch=ARCHS[1])}
+    assert shared_from_round_one(own, "shared-job", results)  # type: ignore[arg-type]
+    assert own.shared_report == replace(own.report, job_id="shared-job")
+    assert own.rounds == [(1, own.report), (1, own.shared_report)], "both are stored, each under its job"
+    other = device("own-job", ARCHS[0], None)
+    assert not shared_from_round_one(other, "other-job", results)  # type: ignore[arg-type]
+    assert not shared_from_round_one(other, None, results)  # type: ignore[arg-type]
+    assert not shared_from_round_one(other, "missing-job", results)  # type: ignore[arg-type]
+    assert other.shared_report is None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -131,9 +132,17 @@ def train_round(
     shared_jobs: Mapping[str, str],
 ) -> None:
     """Send each ok device its SubNet (then its tier's shared one, if any) and attach the reports it
-    returns."""
+    returns. A device whose SubNet *is* its tier's shared arch is not sent it again: it already trained
+    that arch with the same budget, seed and data, so its report stands for the baseline's too (copied
+    under the shared job)."""
     for shared in (False, True) if shared_jobs else (False,):
         jobs = {o.node: shared_jobs.get(tier_of(o)) if shared else o.job_id for o in outcomes if o.ok}
+        if shared:
+            jobs = {
+                o.node: jobs[o.node]
+                for o in outcomes
+                if o.node in jobs and not shared_from_round_one(o, jobs[o.node], results)
+            }
         contents = {
             o.node: pack(RecordDict(), "subnet", assignment(o, job, results[job].arch, config))
             for o in outcomes
@@ -146,6 +155,18 @@ def train_round(
         for outcome in outcomes:
             if outcome.node in contents:
                 _attach_report(outcome, replies.get(outcome.node), shared)
+
+
+def shared_from_round_one(
+    outcome: DeviceOutcome, job: str | None, results: Mapping[str, ResultRecord]
+) -> bool:
+    """Whether the device's round-1 report was on the shared *job*'s arch; if so it becomes the device's
+    shared report."""
+    report = outcome.report
+    if job is None or job not in results or report is None or report.arch != results[job].arch:
+        return False
+    outcome.shared_report = replace(report, job_id=job)
+    return True
 
 
 def _attach_report(outcome: DeviceOutcome, reply: Message | None, shared: bool) -> None:
