@@ -64,9 +64,10 @@ def run(clients: int, budget: int, epochs: int) -> dict[str, Any]:
                "--budget", str(budget), "--train-epochs", str(epochs), "--registry",
                f"sqlite:///{work / 'registry.db'}"]  # fmt: skip
     print(" ".join(command[1:]), file=sys.stderr, flush=True)
+    commit = _commit()  # before the run: the code it started with
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     peak, root = [0], process.pid
 
     def sample() -> None:
@@ -76,14 +77,14 @@ def run(clients: int, budget: int, epochs: int) -> dict[str, Any]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    assert process.stderr is not None
-    lines = [f"{time.perf_counter() - started:7.1f} s  {line.rstrip()}" for line in process.stderr]
+    assert process.stdout is not None  # the command's stdout and stderr (Flower relays the round's to stdout)
+    lines = [f"{time.perf_counter() - started:7.1f} s  {line.rstrip()}" for line in process.stdout]
     code = process.wait()
     wall = time.perf_counter() - started
     sampler.join()
-    (work / "stderr.log").write_text("\n".join(lines) + "\n")  # each line with its seconds since the start
+    (work / "output.log").write_text("\n".join(lines) + "\n")  # each line with its seconds since the start
     return {"clients": clients, "budget": budget, "train_epochs": epochs, "scorer": DEFAULT_AGGREGATE,
-            "commit": _commit(), "exit": code, "wall_seconds": wall, "peak_rss_gib": peak[0] / 2**30,
+            "commit": commit, "exit": code, "wall_seconds": wall, "peak_rss_gib": peak[0] / 2**30,
             "phases": _phases(lines), "stderr_tail": lines[-3:]}  # fmt: skip
 
 
