@@ -136,13 +136,11 @@ def train_round(
     that arch with the same budget, seed and data, so its report stands for the baseline's too (copied
     under the shared job)."""
     for shared in (False, True) if shared_jobs else (False,):
-        jobs = {o.node: shared_jobs.get(tier_of(o)) if shared else o.job_id for o in outcomes if o.ok}
-        if shared:
-            jobs = {
-                o.node: jobs[o.node]
-                for o in outcomes
-                if o.node in jobs and not shared_from_round_one(o, jobs[o.node], results)
-            }
+        jobs: dict[int, str | None] = {}
+        for o in (o for o in outcomes if o.ok):
+            job = shared_jobs.get(tier_of(o)) if shared else o.job_id
+            if not (shared and shared_from_round_one(o, job, results)):  # the latter sets shared_report
+                jobs[o.node] = job
         contents = {
             o.node: pack(RecordDict(), "subnet", assignment(o, job, results[job].arch, config))
             for o in outcomes
