@@ -62,6 +62,23 @@ def test_training_is_deterministic_under_the_seed(digits: Dataset) -> None:
     assert first.accuracy > 0.3
 
 
+def test_init_seed_changes_the_weights_and_never_the_splits(digits: Dataset) -> None:
+    # Prepare
+    narrow = NB201Space(channels=8, cells_per_stage=1)
+    assignment = _assignment(epochs=1, seed=7)
+
+    # Execute
+    default = train_subnet(assignment, digits, space=narrow)
+    same = train_subnet(assignment, digits, space=narrow, init_seed=7)
+    other = train_subnet(assignment, digits, space=narrow, init_seed=8)
+
+    # Assert: the train seed is the default init seed; another init seed trains other weights on the
+    # same split
+    assert (same.accuracy, same.loss) == (default.accuracy, default.loss)
+    assert other.loss != default.loss
+    assert (other.num_train, other.num_test) == (default.num_train, default.num_test)
+
+
 def test_max_seconds_stops_training_early(digits: Dataset) -> None:
     # Execute
     report = train_subnet(_assignment(epochs=100, max_seconds=0.2), digits)

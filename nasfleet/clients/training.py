@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
@@ -178,6 +179,7 @@ def train_subnet(
     *,
     slowdown: float = 1.0,
     space: SearchSpace | None = None,
+    init_seed: int | None = None,
 ) -> TrainingReport:
     """Build, train and evaluate the assigned SubNet on the local ``dataset``.
 
@@ -193,6 +195,10 @@ def train_subnet(
     space
         The space instance to build with, for experiments with non-default widths; its ``name`` must be
         the assignment's space. Default: ``get_space(assignment.space)``, the space's standard network.
+    init_seed
+        The seed of the initial weights, the batch order and the augmentation, for experiments that
+        measure training noise on fixed splits. Default: the assignment's train seed, which always draws
+        the splits.
 
     Returns
     -------
@@ -212,9 +218,10 @@ def train_subnet(
         fit_index, val_index = stratified_split(train.labels, VALIDATION_FRACTION, config.seed + 1)
         train, validation = train.subset(fit_index), train.subset(val_index)
     with torch.random.fork_rng(devices=[]):  # seed the weights without disturbing the caller's stream
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed if init_seed is None else init_seed)
         network = space.build(arch, assignment.num_classes, assignment.input_shape)
-    epochs_done, seconds = _fit(network, train, config, validation)
+    fit_config = config if init_seed is None else replace(config, seed=init_seed)
+    epochs_done, seconds = _fit(network, train, fit_config, validation)
     accuracy, loss = evaluate(network, test)
     if not math.isfinite(loss):
         raise TrainingError(f"the held-out loss must be finite, but got {loss} (training diverged)")
