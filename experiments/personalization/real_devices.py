@@ -29,8 +29,9 @@ RESULTS = HERE / "results" / "real_devices"
 CLIENTS = 8
 
 
-def run(dataset: str, seed: int, clients: int, results: Path = RESULTS) -> Path:
-    """One simulate run; its registry export (JSON) is the result. Skipped if already exported."""
+def run(dataset: str, seed: int, clients: int, results: Path = RESULTS, rounds: int | None = None) -> Path:
+    """One simulate run (*rounds* None: the command's default); its registry export (JSON) is the result.
+    Skipped if already exported."""
     out = results / f"{dataset}-seed-{seed}.json"
     if out.exists():
         return out
@@ -42,6 +43,7 @@ def run(dataset: str, seed: int, clients: int, results: Path = RESULTS) -> Path:
     name = f"study-{dataset}-{seed}"
     command = [sys.executable, "-m", "nasfleet.cli", "simulate", "--clients", str(clients), "--dataset",
                dataset, "--seed", str(seed), "--registry", url, "--name", name]  # fmt: skip
+    command += [] if rounds is None else ["--rounds", str(rounds)]
     print(" ".join(command[1:]), file=sys.stderr, flush=True)
     done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL)  # a failed device: exit 1, kept
     subprocess.run([sys.executable, "-m", "nasfleet.cli", "registry", "export", "--registry", url, "--out",
@@ -67,11 +69,12 @@ def devices(export: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append({"device": name, "tier": tiers[name], "complete": False})
             continue
         best = max(own, key=lambda r: r["accuracy"])
+        kept = [max(r["accuracy"] for r in own if r["round"] <= n) for n in range(1, max(by_round) + 1)]
         rows.append({
             "device": name, "tier": tiers[name], "complete": True,
             "round1": by_round[1]["accuracy"], "round2": by_round.get(2, by_round[1])["accuracy"],
             "best": best["accuracy"], "shared": base[0]["accuracy"],
-            "subnet": best["arch"], "shared_subnet": base[0]["arch"],
+            "subnet": best["arch"], "shared_subnet": base[0]["arch"], "kept_after_round": kept,
         })  # fmt: skip
     return rows
 
@@ -113,12 +116,26 @@ def summarize(results: Path = RESULTS, out: Path = HERE) -> dict[str, Any]:
             "round2_gain_points": 100 * statistics.mean(r["round2"] - r["shared"] for r in rows),
             "round2_beats_shared": sum(r["round2"] > r["shared"] for r in rows) / len(rows),
             "ties_with_shared": sum(r["best"] == r["shared"] for r in rows) / len(rows),
-            "distinct_subnets_per_run": distinct, "per_tier": per_tier,
+            "distinct_subnets_per_run": distinct, "per_tier": per_tier, "after_round": after_round(rows),
         }  # fmt: skip
     document = {"summary": summary, "devices": found}
     (out / "real_devices.json").write_text(json.dumps(document, indent=2) + "\n")
     write_report(summary, found, out)
     return summary
+
+
+def after_round(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """The kept best after rounds 1..n against the tier's shared SubNet, for each n every device reached."""
+    found = []
+    for n in range(min(len(row["kept_after_round"]) for row in rows)):
+        kept = [(r["kept_after_round"][n], r["shared"]) for r in rows]
+        found.append({
+            "round": n + 1, "kept": statistics.mean(k for k, _ in kept),
+            "gain_points": 100 * statistics.mean(k - s for k, s in kept),
+            "beats_shared": sum(k > s for k, s in kept) / len(kept),
+            "ties_with_shared": sum(k == s for k, s in kept) / len(kept),
+        })  # fmt: skip
+    return found
 
 
 def _markdown(summary: dict[str, Any], found: dict[str, Any]) -> list[str]:
@@ -134,6 +151,12 @@ def _markdown(summary: dict[str, Any], found: dict[str, Any]) -> list[str]:
             f"{row['round2_beats_shared']:.0%} | {row['round2_beats_round1']:.0%} | "
             f"{row['ties_with_shared']:.0%} | {', '.join(map(str, row['distinct_subnets_per_run']))} of 8 |"
         )
+    lines += ["", "| dataset | after round | kept best | gain over tier's shared | beats shared | ties |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for dataset, row in summary.items():
+        for a in row["after_round"]:
+            lines.append(f"| {dataset} | {a['round']} | {100 * a['kept']:.1f} | {a['gain_points']:+.1f} | "
+                         f"{a['beats_shared']:.0%} | {a['ties_with_shared']:.0%} |")  # fmt: skip
     lines += [
         "",
         "| dataset | tier | devices | kept best | tier's shared | beats shared |",
@@ -183,6 +206,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="*", default=["digits", "cifar10"])
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--clients", type=int, default=CLIENTS)
+    parser.add_argument("--rounds", type=int, help="Rounds per run (default: the command's).")
     parser.add_argument("--summarize", action="store_true", help="Only summarize what has run.")
     parser.add_argument("--results", type=Path, default=RESULTS, help="Where the runs' exports go.")
     parser.add_argument("--out", type=Path, help="Where real_devices.md/.json/.png go (default: beside the "
@@ -193,7 +217,7 @@ def main() -> None:
     if not args.summarize:
         for dataset in args.datasets:
             for seed in args.seeds:
-                run(dataset, seed, args.clients, args.results)
+                run(dataset, seed, args.clients, args.results, args.rounds)
     print(json.dumps(summarize(args.results, args.out), indent=2))
 
 
