@@ -9,6 +9,8 @@ reused; the training runs again); a finished run's registry export is kept and n
     .venv/bin/python experiments/personalization/real_devices.py --datasets digits --seeds 0 1 2
     .venv/bin/python experiments/personalization/real_devices.py --summarize   # real_devices.md/.json
 
+``--rounds R`` passes R to every run; the summary gives the kept best after each round.
+
 No ground truth is read: every number is a device's own held-out accuracy from its training report.
 """
 
