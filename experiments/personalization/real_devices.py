@@ -70,13 +70,14 @@ def devices(export: dict[str, Any]) -> list[dict[str, Any]]:
         if 1 not in by_round or not base:
             rows.append({"device": name, "tier": tiers[name], "complete": False})
             continue
-        best = max(own, key=lambda r: r["accuracy"])
+        best, baseline = max(own, key=lambda r: r["accuracy"]), base[0]["accuracy"]
         kept = [max(r["accuracy"] for r in own if r["round"] <= n) for n in range(1, max(by_round) + 1)]
         rows.append({
             "device": name, "tier": tiers[name], "complete": True,
             "round1": by_round[1]["accuracy"], "round2": by_round.get(2, by_round[1])["accuracy"],
             "best": best["accuracy"], "shared": base[0]["accuracy"],
             "subnet": best["arch"], "shared_subnet": base[0]["arch"], "kept_after_round": kept,
+            "tries_vs_shared": [r["accuracy"] - baseline for r in own if r["arch"] != base[0]["arch"]],
         })  # fmt: skip
     return rows
 
@@ -119,6 +120,7 @@ def summarize(results: Path = RESULTS, out: Path = HERE) -> dict[str, Any]:
             "round2_beats_shared": sum(r["round2"] > r["shared"] for r in rows) / len(rows),
             "ties_with_shared": sum(r["best"] == r["shared"] for r in rows) / len(rows),
             "distinct_subnets_per_run": distinct, "per_tier": per_tier, "after_round": after_round(rows),
+            "own_tries_vs_shared": tries_vs_shared(rows),
         }  # fmt: skip
     document = {"summary": summary, "devices": found}
     (out / "real_devices.json").write_text(json.dumps(document, indent=2) + "\n")
@@ -140,6 +142,15 @@ def after_round(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
     return found
 
 
+def tries_vs_shared(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Unselected: each of a device's own SubNets that is not its tier's arch, minus the tier's SubNet."""
+    found = [d for row in rows for d in row["tries_vs_shared"]]
+    spread = statistics.stdev(found) / len(found) ** 0.5 if len(found) > 1 else float("nan")
+    return {"tries": len(found), "mean_points": 100 * statistics.mean(found) if found else float("nan"),
+            "stderr_points": 100 * spread, "better": sum(d > 0 for d in found),
+            "worse": sum(d < 0 for d in found)}  # fmt: skip
+
+
 def _markdown(summary: dict[str, Any], found: dict[str, Any]) -> list[str]:
     lines = ["| dataset | seeds | devices | round 1 | round 2 | kept best | tier's shared | gain, kept | "
              "beats shared | gain, round 2 | round 2 beats shared | round 2 beats round 1 | ties | "
@@ -159,6 +170,12 @@ def _markdown(summary: dict[str, Any], found: dict[str, Any]) -> list[str]:
         for a in row["after_round"]:
             lines.append(f"| {dataset} | {a['round']} | {100 * a['kept']:.1f} | {a['gain_points']:+.1f} | "
                          f"{a['beats_shared']:.0%} | {a['ties_with_shared']:.0%} |")  # fmt: skip
+    lines += ["", "| dataset | own tries, not the tier's arch | minus tier's shared (points, mean ± se) | "
+              "better | worse |", "|---|---|---|---|---|"]  # fmt: skip
+    for dataset, row in summary.items():
+        t = row["own_tries_vs_shared"]
+        lines.append(f"| {dataset} | {t['tries']} | {t['mean_points']:+.2f} ± {t['stderr_points']:.2f} | "
+                     f"{t['better']} | {t['worse']} |")  # fmt: skip
     lines += [
         "",
         "| dataset | tier | devices | kept best | tier's shared | beats shared |",
