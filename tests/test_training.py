@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from nasfleet.clients import training
 from nasfleet.clients.training import VALIDATION_FRACTION, augmented, stratified_split, train_subnet
 from nasfleet.data.datasets import Dataset, load_dataset, synthetic_dataset
 from nasfleet.protocol.messages import MessageError, SubNetAssignment, TrainConfig, TrainingReport
@@ -62,21 +63,30 @@ def test_training_is_deterministic_under_the_seed(digits: Dataset) -> None:
     assert first.accuracy > 0.3
 
 
-def test_init_seed_changes_the_weights_and_never_the_splits(digits: Dataset) -> None:
-    # Prepare
+def test_init_seed_changes_the_weights_and_never_the_splits(
+    digits: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: record the seed of every split drawn
     narrow = NB201Space(channels=8, cells_per_stage=1)
-    assignment = _assignment(epochs=1, seed=7)
+    assignment = _assignment(epochs=1, seed=7, patience=1)
+    split_seeds: list[int] = []
+
+    def recording_split(labels: Any, fraction: float, seed: int) -> Any:
+        split_seeds.append(seed)
+        return stratified_split(labels, fraction, seed)
+
+    monkeypatch.setattr(training, "stratified_split", recording_split)
 
     # Execute
     default = train_subnet(assignment, digits, space=narrow)
     same = train_subnet(assignment, digits, space=narrow, init_seed=7)
     other = train_subnet(assignment, digits, space=narrow, init_seed=8)
 
-    # Assert: the train seed is the default init seed; another init seed trains other weights on the
-    # same split
+    # Assert: the train seed is the default init seed; another init seed trains other weights, while
+    # the held-out and validation splits are drawn from the train seed every time
     assert (same.accuracy, same.loss) == (default.accuracy, default.loss)
     assert other.loss != default.loss
-    assert (other.num_train, other.num_test) == (default.num_train, default.num_test)
+    assert split_seeds == [7, 8] * 3
 
 
 def test_max_seconds_stops_training_early(digits: Dataset) -> None:
