@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from real_devices import reports_by_device
 
 from nasfleet.clients.app import DeviceSetup, local_dataset
 from nasfleet.clients.training import train_subnet
@@ -36,14 +37,11 @@ HERE = Path(__file__).parent
 
 def device_reports(export: dict[str, Any]) -> list[dict[str, Any]]:
     """Per device: its shared report and its own reports on other archs, by round."""
-    shared_jobs = {j["id"] for j in export["jobs"] if j["options"].get("role") == "shared-baseline"}
     found = []
-    for device in sorted(d["name"] for d in export["devices"]):
-        mine = [r for r in export["reports"] if r["device"] == device]
-        shared = [r for r in mine if r["job_id"] in shared_jobs]
+    for device, (mine, shared) in sorted(reports_by_device(export).items()):
         if not shared:
             continue
-        own = sorted((r for r in mine if r["job_id"] not in shared_jobs), key=lambda r: r["round"])
+        own = sorted(mine, key=lambda r: r["round"])
         found.append({"device": device, "shared": shared[0],
                       "own": [r for r in own if r["arch"] != shared[0]["arch"]],
                       "found_shared": any(r["arch"] == shared[0]["arch"] for r in own),

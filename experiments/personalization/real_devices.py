@@ -58,14 +58,25 @@ def run(dataset: str, seed: int, clients: int, results: Path = RESULTS, rounds: 
     return out
 
 
+def reports_by_device(export: dict[str, Any]) -> dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    """Each device's own reports (its searched and later SubNets) and its shared-baseline reports, in the
+    export's order."""
+    shared = {job["id"] for job in export["jobs"] if job["options"].get("role") == "shared-baseline"}
+    found: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {
+        d["name"]: ([], []) for d in export["devices"]
+    }
+    for report in export["reports"]:
+        found[report["device"]][report["job_id"] in shared].append(report)
+    return found
+
+
 def devices(export: dict[str, Any]) -> list[dict[str, Any]]:
     """Per device: tier, round-1 / round-2 / kept-best / tier-shared accuracy and SubNets."""
-    shared = {job["id"] for job in export["jobs"] if job["options"].get("role") == "shared-baseline"}
     tiers = {d["name"]: d["tier"] for d in export["devices"]}
+    reports = reports_by_device(export)
     rows = []
     for name in sorted(tiers):
-        own = [r for r in export["reports"] if r["device"] == name and r["job_id"] not in shared]
-        base = [r for r in export["reports"] if r["device"] == name and r["job_id"] in shared]
+        own, base = reports[name]
         by_round = {r["round"]: r for r in own}
         if 1 not in by_round or not base:
             rows.append({"device": name, "tier": tiers[name], "complete": False})
@@ -75,7 +86,7 @@ def devices(export: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({
             "device": name, "tier": tiers[name], "complete": True,
             "round1": by_round[1]["accuracy"], "round2": by_round.get(2, by_round[1])["accuracy"],
-            "best": best["accuracy"], "shared": base[0]["accuracy"],
+            "best": best["accuracy"], "shared": baseline,
             "subnet": best["arch"], "shared_subnet": base[0]["arch"], "kept_after_round": kept,
             "tries_vs_shared": [r["accuracy"] - baseline for r in own if r["arch"] != base[0]["arch"]],
         })  # fmt: skip
