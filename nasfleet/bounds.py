@@ -12,6 +12,7 @@ MAX_COUNT = 10**15  # max_params, max_flops
 MAX_BATCH_SIZE = 4096  # a probe mini-batch
 MIN_SAMPLE = 3  # the fewest archs one correlation-benchmark sample may draw
 MAX_REPEATS = 100  # seeded samples of one correlation benchmark
+MAX_EPOCHS = 1000  # of one local training: asked for, and done
 DEVICES = ("cpu", "cuda")  # where proxies are computed
 DEFAULT_AGGREGATE = "aznas_meco_fi"  # the default scorer, chosen in experiments/correlation/default_scorer.py
 

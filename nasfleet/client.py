@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -103,7 +103,8 @@ class Result:
 
 @dataclass(frozen=True)
 class Report:
-    """A device's training report on a job's SubNet, as stored."""
+    """A device's training report on a job's SubNet, as stored; the fields with a default are absent from
+    an older server's answers (it did not store them)."""
 
     id: str
     job_id: str
@@ -117,6 +118,9 @@ class Report:
     latency_ms_predicted: float | None
     latency_ms_measured: float | None
     created_at: datetime
+    epochs_done: int | None = None
+    run: str | None = None
+    round: int | None = None
 
 
 Answer = TypeVar("Answer", Health, Job, Result, Report)
@@ -125,9 +129,12 @@ CONVERSIONS: dict[str, Callable[[Any], Any]] = {"datetime": datetime.fromisoform
 
 
 def _answer(kind: type[Answer], data: Any) -> Answer:
-    """*kind* from a JSON object; unknown fields (a newer server's) are left out."""
+    """*kind* from a JSON object; unknown fields (a newer server's) are left out, and a field with a default
+    may be missing (an older server's)."""
     values = {}
     for field in fields(kind):
+        if isinstance(data, dict) and field.name not in data and field.default is not MISSING:
+            continue
         if not isinstance(data, dict) or field.name not in data:
             raise ValueError(
                 f"the API's answer must be a {kind.__name__} with {field.name!r}, but got {data!r:.200}"
@@ -248,12 +255,13 @@ class TenantClient:
         latency_ms_predicted: float | None = None,
         latency_ms_measured: float | None = None,
         device: str | None = None,
+        epochs_done: int | None = None,
     ) -> Report:
         """Record a device's training report on the job's SubNet (``arch`` must be the one delivered)."""
         body = {
             "arch": arch, "accuracy": accuracy, "loss": loss, "train_seconds": train_seconds,
             "num_train": num_train, "num_test": num_test, "latency_ms_predicted": latency_ms_predicted,
-            "latency_ms_measured": latency_ms_measured, "device": device,
+            "latency_ms_measured": latency_ms_measured, "device": device, "epochs_done": epochs_done,
         }  # fmt: skip
         return _answer(Report, self._request("POST", f"{_job(job_id)}/reports", body))
 

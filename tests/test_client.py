@@ -25,7 +25,7 @@ import pytest
 from service_support import characteristics, child_process, children, free_port, kill_groups
 
 from nasfleet.bounds import DEFAULT_AGGREGATE
-from nasfleet.client import ApiError, Job, JobError, TenantClient
+from nasfleet.client import ApiError, Job, JobError, Report, TenantClient, _answer
 from nasfleet.protocol.messages import ResourceConstraints
 from nasfleet.proxies import get_aggregate
 
@@ -122,14 +122,35 @@ def test_a_report_round_trips(server: Server) -> None:
     client.wait(job.id, poll=0.1, timeout=180, progress=False)
     arch = client.result(job.id).arch
     report = client.report(job.id, arch=arch, accuracy=0.71, loss=0.83, train_seconds=12.5, num_train=32,
-                           num_test=8, latency_ms_measured=3.2)  # fmt: skip
+                           num_test=8, latency_ms_measured=3.2, epochs_done=14)  # fmt: skip
+    plain = client.report(job.id, arch=arch, accuracy=0.5, loss=1.0, train_seconds=1.0, num_train=1,
+                          num_test=1)  # fmt: skip
     assert len(report.id) == 32 and (report.job_id, report.arch, report.accuracy) == (job.id, arch, 0.71)
     assert (report.latency_ms_measured, report.latency_ms_predicted, report.device) == (3.2, None, None)
-    assert client.reports(job.id) == [report]
+    assert (report.epochs_done, plain.epochs_done, report.run, report.round) == (14, None, None, None)
+    assert client.reports(job.id) == [report, plain]
+    with pytest.raises(ApiError, match="HTTP 422 invalid_request: epochs_done: ") as too_many:
+        client.report(job.id, arch=arch, accuracy=0.5, loss=1.0, train_seconds=1.0, num_train=1,
+                      num_test=1, epochs_done=1001)  # fmt: skip
+    assert too_many.value.fields[0]["field"] == "epochs_done"
+    assert client.reports(job.id) == [report, plain], "a refused report stores nothing"
     with pytest.raises(ApiError, match="HTTP 422 invalid_request: arch: must be the delivered") as refused:
         client.report(job.id, arch="|none~0|", accuracy=0.5, loss=1.0, train_seconds=1.0, num_train=1,
                       num_test=1)  # fmt: skip
     assert refused.value.status == 422 and refused.value.fields[0]["field"] == "arch"
+
+
+def test_an_older_servers_report_lacks_the_newer_fields_and_a_missing_required_one_is_an_error() -> None:
+    # Prepare: a report as a server before registry schema version 6 answered it
+    older = {"id": "a" * 32, "job_id": "b" * 32, "arch": "|x|", "device": None, "accuracy": 0.5, "loss": 1.0,
+             "train_seconds": 2.0, "num_train": 8, "num_test": 2, "latency_ms_predicted": None,
+             "latency_ms_measured": None, "created_at": "2026-12-05T08:00:00+00:00"}  # fmt: skip
+    # Execute
+    report = _answer(Report, older)
+    # Assert: the fields it did not know are None; one every server sends is still required
+    assert (report.epochs_done, report.run, report.round, report.num_train) == (None, None, None, 8)
+    with pytest.raises(ValueError, match="must be a Report with 'num_test'"):
+        _answer(Report, {k: v for k, v in older.items() if k != "num_test"})
 
 
 def test_cancel_ends_the_wait_with_the_servers_reason(server: Server) -> None:

@@ -370,6 +370,8 @@ def test_an_exclusive_file_is_0600_whatever_the_umask_and_refuses_links(tmp_path
         (["space", "sample", "--n", "10000001"], "--n"),
         (["simulate", "--epsilon", "nan"], "--epsilon"),
         (["simulate", "--epsilon", "inf"], "--epsilon"),
+        (["simulate", "--train-max-seconds", "0"], "--train-max-seconds"),
+        (["simulate", "--train-max-seconds", "nan"], "--train-max-seconds"),
         (["serve", "--max-body-bytes", str(2**40)], "--max-body-bytes"),
         (["serve", "--max-budget", "1000001"], "--max-budget"),
         (["search", "--strategy", "random", "--budget", "0", "--out", "x.json"], "--budget"),

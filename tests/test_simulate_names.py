@@ -3,7 +3,8 @@
 The real command, three times on one SQLite registry (a tiny round: 2 devices, budget 4, 2 rounds, one
 local epoch, one worker): the first run searches and stores reports tagged with the run and its rounds;
 the second, with the same name, reuses every finished job (no new job, nothing scored again) and still
-trains and reports; the third, with another budget, refuses each device naming the setting that differs.
+trains and reports, under a training time cap so short that no epoch completes; the third, with another
+budget, refuses each device naming the setting that differs.
 Flower's state goes to a temporary ``FLWR_HOME``, with telemetry and update checks off.
 """
 
@@ -52,9 +53,9 @@ class Run:
         return sum(1 for row in self.export["evaluations"] if not row["cached"])
 
 
-def _simulate(url: str, home: Path, budget: int) -> Run:
+def _simulate(url: str, home: Path, budget: int, *extra: str) -> Run:
     command = [sys.executable, "-m", "nasfleet.cli", "simulate", *TINY, "--budget", str(budget),
-               "--registry", url, "--name", NAME]  # fmt: skip
+               "--registry", url, "--name", NAME, *extra]  # fmt: skip
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
            "FLWR_DISABLE_UPDATE_CHECK": "1", "COLUMNS": "1000"}  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
@@ -67,7 +68,8 @@ def _simulate(url: str, home: Path, budget: int) -> Run:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, Run, Run]:
     directory = tmp_path_factory.mktemp("named-run")
     url = f"sqlite:///{directory / 'registry.db'}"
-    return tuple(_simulate(url, directory, budget) for budget in (4, 4, 6))  # type: ignore[return-value]
+    capped = ("--train-max-seconds", "0.001")  # the first batch always trains; no later one starts
+    return (_simulate(url, directory, 4), _simulate(url, directory, 4, *capped), _simulate(url, directory, 6))
 
 
 def test_the_same_name_again_reuses_every_search_and_scores_nothing(runs: tuple[Run, Run, Run]) -> None:
@@ -96,6 +98,17 @@ def test_reports_carry_the_run_and_its_rounds(runs: tuple[Run, Run, Run]) -> Non
     again = second.export["reports"][len(reports) :]
     assert sorted(_tags(again)) == sorted(_tags(reports))
     assert sorted(_tags(again, 1)) == sorted(_tags(reports, 1))
+
+
+def test_reports_keep_the_epochs_done_and_the_time_cap_reaches_the_devices(
+    runs: tuple[Run, Run, Run],
+) -> None:
+    first, second, _ = runs
+    reports = first.export["reports"]
+    again = second.export["reports"][len(reports) :]
+    assert reports and len(again) == len(reports)
+    assert [r["epochs_done"] for r in reports] == [1] * len(reports), "--train-epochs 1, no cap reached"
+    assert [r["epochs_done"] for r in again] == [0] * len(again), "capped after the first batch"
 
 
 def _tags(reports: list[dict[str, Any]], round_number: int | None = None) -> list[tuple[Any, ...]]:

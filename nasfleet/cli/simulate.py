@@ -82,6 +82,17 @@ def simulate(
             help="Stop after this many epochs without a better validation accuracy (0: never).",
         ),
     ] = 0,
+    train_max_seconds: Annotated[
+        float,
+        typer.Option(
+            "--train-max-seconds",
+            min=1e-3,
+            max=1e6,
+            callback=finite,
+            help="Cap on one local training's wall time, in seconds: no batch starts after it (the first "
+            "always trains); reports give the epochs done.",
+        ),
+    ] = 60.0,
     augment: Annotated[
         bool, typer.Option("--augment/--no-augment", help="Random shifts (and flips of RGB) in training.")
     ] = False,
@@ -161,7 +172,7 @@ def simulate(
         num_clients=clients, rounds=rounds, space=space, strategy=strategy, budget=budget,
         probe_batch=probe_batch,
         seed=seed, registry=registry, train_epochs=train_epochs, train_patience=train_patience,
-        train_augment=augment, shared_baseline=shared_baseline,
+        train_max_seconds=train_max_seconds, train_augment=augment, shared_baseline=shared_baseline,
         broker=broker, workers=local_workers, name=name,
     )  # fmt: skip
     try:

@@ -181,7 +181,8 @@ def _report_row(report: ReportRecord) -> dict[str, Any]:
         "arch": short_arch(report.arch), "accuracy": f"{report.accuracy:.4f}", "loss": _number(report.loss),
         "predicted_ms": _number(report.latency_ms_predicted),
         "measured_ms": _number(report.latency_ms_measured),
-        "train_seconds": _number(report.train_seconds), "samples": f"{report.num_train}/{report.num_test}",
+        "train_seconds": _number(report.train_seconds),
+        "epochs": _number(report.epochs_done), "samples": f"{report.num_train}/{report.num_test}",
         "time": f"{report.created_at:%Y-%m-%d %H:%M:%S}" if report.created_at else "",
     }  # fmt: skip
 

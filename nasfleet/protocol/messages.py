@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from nasfleet.bounds import MAX_COUNT
+from nasfleet.bounds import MAX_COUNT, MAX_EPOCHS
 from nasfleet.protocol.checks import MessageError as MessageError  # re-exported: the boundary's error
 from nasfleet.protocol.checks import (
     flag,
@@ -318,7 +318,7 @@ class SubNetAssignment:
     def from_wire(cls, scalars: Wire, arrays: Wire | None = None) -> SubNetAssignment:
         _check_version(scalars, "subnet", _SUBNET)
         train = TrainConfig(
-            integer(scalars, "train_epochs", 1, 1000), integer(scalars, "train_batch_size", 1, 4096),
+            integer(scalars, "train_epochs", 1, MAX_EPOCHS), integer(scalars, "train_batch_size", 1, 4096),
             number(scalars, "train_learning_rate", *LEARNING_RATE),
             number(scalars, "train_max_seconds", *TRAIN_SECONDS),
             number(scalars, "train_test_fraction", 0.01, 0.9), integer(scalars, "train_seed", 0, MAX_SEED),
@@ -364,7 +364,7 @@ class TrainingReport:
             number(scalars, "loss", 0.0, 1e9),
             number(scalars, "train_seconds", 0.0, 1e7), number(scalars, "latency_ms", 0.0, 1e7),
             integer(scalars, "num_train", 1, MAX_SAMPLES), integer(scalars, "num_test", 1, MAX_SAMPLES),
-            integer(scalars, "epochs_done", 0, 1000),
+            integer(scalars, "epochs_done", 0, MAX_EPOCHS),
         )  # fmt: skip
 
 

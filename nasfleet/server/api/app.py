@@ -276,7 +276,7 @@ def add_report(request: Request, job_id: JobId, body: ReportIn, tenant: Tenant) 
         raise invalid("device", f"must be a registered device of this tenant, but got {body.device!r}")
     report = ReportRecord(
         job.id, body.arch, body.accuracy, body.loss, body.train_seconds, body.num_train, body.num_test,
-        body.latency_ms_predicted, body.latency_ms_measured, body.device,
+        body.latency_ms_predicted, body.latency_ms_measured, body.device, epochs_done=body.epochs_done,
     )  # fmt: skip
     return report_out(registry.add_report(report))
 

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, Tag
 
-from nasfleet.bounds import MAX_BUDGET, MAX_COUNT, MAX_SEED
+from nasfleet.bounds import MAX_BUDGET, MAX_COUNT, MAX_EPOCHS, MAX_SEED
 from nasfleet.protocol.messages import (
     EPSILON,
     FLOPS_PER_MS,
@@ -146,7 +146,7 @@ SUBMIT_EXAMPLE: dict[str, JsonValue] = {
 REPORT_EXAMPLE: dict[str, JsonValue] = {
     "arch": "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|avg_pool_3x3~0|none~1|nor_conv_3x3~2|",
     "accuracy": 0.71, "loss": 0.83, "train_seconds": 12.5, "num_train": 32, "num_test": 8,
-    "latency_ms_measured": 3.2,
+    "latency_ms_measured": 3.2, "epochs_done": 14,
 }  # fmt: skip
 
 
@@ -192,6 +192,12 @@ class ReportIn(StrictModel):
     latency_ms_predicted: float | None = Field(default=None, ge=0, le=1e7)
     latency_ms_measured: float | None = Field(default=None, ge=0, le=1e7)
     device: DeviceName | None = Field(default=None, description="one of this tenant's devices")
+    epochs_done: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_EPOCHS,
+        description="epochs trained: fewer than asked where training stopped early",
+    )
 
 
 # -- responses -----------------------------------------------------------------------------------------------
@@ -299,6 +305,9 @@ class ReportOut(BaseModel):
     num_test: int
     latency_ms_predicted: float | None
     latency_ms_measured: float | None
+    epochs_done: int | None
+    run: str | None = Field(description="the named federation run that trained it, if any")
+    round: int | None = Field(description="its federation round (1, 2, ...), if any")
     created_at: datetime
 
 

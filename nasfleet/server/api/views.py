@@ -101,7 +101,7 @@ def report_out(report: ReportRecord) -> ReportOut:
     fields: dict[str, Any] = {
         name: getattr(report, name)
         for name in ("job_id", "arch", "device", "accuracy", "loss", "train_seconds", "num_train",
-                     "num_test", "latency_ms_predicted", "latency_ms_measured")
+                     "num_test", "latency_ms_predicted", "latency_ms_measured", "epochs_done", "run", "round")
     }  # fmt: skip
     return ReportOut(id=report.id, created_at=report.created_at, **fields)
 

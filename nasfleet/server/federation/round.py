@@ -331,6 +331,7 @@ def report_record(
     return ReportRecord(
         report.job_id, report.arch, report.accuracy, report.loss, report.train_seconds, report.num_train,
         report.num_test, predicted_ms, report.latency_ms, device, run=run, round=round_number,
+        epochs_done=report.epochs_done,
     )  # fmt: skip
 
 

@@ -114,7 +114,9 @@ class ReportRecord:
 
     ``run`` and ``round``: the named run (``nasfleet simulate --name``) and its federation round (1, 2,
     ...) that trained the SubNet; None where unknown (a report from outside a round, an unnamed run's
-    ``run``, or any report stored before registry schema version 5).
+    ``run``, or any report stored before registry schema version 5). ``epochs_done``: the epochs the
+    device trained, in [0, `MAX_EPOCHS`] (fewer than asked where early stopping or the time cap ended
+    training); None where the report did not say, or was stored before version 6.
     """
 
     job_id: str
@@ -131,6 +133,7 @@ class ReportRecord:
     created_at: datetime | None = None
     run: str | None = None
     round: int | None = None
+    epochs_done: int | None = None
 
 
 @dataclass(frozen=True)

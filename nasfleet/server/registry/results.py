@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from nasfleet.bounds import MAX_EPOCHS
 from nasfleet.server.registry.checks import (
     ARCH_LENGTH,
     DEVICE_NAME_LENGTH,
@@ -131,6 +132,7 @@ def _report_values(report: ReportRecord) -> dict[str, Any]:
             ("latency_ms_measured", report.latency_ms_measured),
         )
     }
+    epochs = report.epochs_done
     return {
         "job_id": check_text("job_id", report.job_id, 32),
         "arch": check_text("arch", report.arch, ARCH_LENGTH),
@@ -141,6 +143,7 @@ def _report_values(report: ReportRecord) -> dict[str, Any]:
         "num_test": check_int("num_test", report.num_test),
         "run": None if report.run is None else check_name("run", report.run),
         "round": None if report.round is None else check_int("round", report.round, 1, MAX_ROUND),
+        "epochs_done": None if epochs is None else check_int("epochs_done", epochs, 0, MAX_EPOCHS),
         **latencies,
     }
 
@@ -189,6 +192,7 @@ def read_reports(
             as_utc(row.created_at),
             run=row.run,
             round=row.round,
+            epochs_done=row.epochs_done,
         )
         for row, device_name in session.exec(statement.order_by(col(ReportRow.id)))
     ]

@@ -25,7 +25,7 @@ from nasfleet.server.registry.tables import (
     utcnow,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Any 64-bit value: PostgreSQL has no unsigned integers; the advisory lock serializes concurrent migrations.
 MIGRATION_LOCK_ID = 0x6E617366_6C656574 - 2**63
 LEGACY_BATCH_OPTION = "probe_batch"  # the job option batch_size as versions 1 and 2 could store it
@@ -104,6 +104,12 @@ def _add_report_runs(connection: Connection) -> None:
         connection.execute(text("ALTER TABLE reports ADD COLUMN round INTEGER"))
 
 
+def _add_report_epochs(connection: Connection) -> None:
+    """Version 6: ``reports.epochs_done``, nullable: every older report stays valid, without it."""
+    if "epochs_done" not in _columns(connection, "reports"):
+        connection.execute(text("ALTER TABLE reports ADD COLUMN epochs_done INTEGER"))
+
+
 def _columns(connection: Connection, table: str) -> set[str]:
     return {column["name"] for column in inspect(connection).get_columns(table)}
 
@@ -111,6 +117,7 @@ def _columns(connection: Connection, table: str) -> set[str]:
 # Step to version v from v - 1, run in order. Version 0 is "no schema yet"; version 1 is the first schema.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _create_tables, 2: _add_liveness, 3: _version_3, 4: _add_job_names, 5: _add_report_runs,
+    6: _add_report_epochs,
 }  # fmt: skip
 
 

@@ -165,6 +165,9 @@ class ReportRow(Table, table=True):
     # None where unknown: a report from outside a round (or an unnamed one), or stored before version 5.
     run: str | None = Field(default=None, max_length=NAME_LENGTH)
     round: int | None = None
+    # Epochs the device trained (fewer than asked when early stopping or the time cap ended it); None where
+    # unknown: a report that did not say, or one stored before version 6.
+    epochs_done: int | None = None
     created_at: datetime = _timestamp()
 
 
