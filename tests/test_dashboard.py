@@ -60,7 +60,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         Orchestrator(registry, LocalDispatcher(registry)).run()
         result = registry.get_result(jobs["acme"].id)
         assert result is not None
-        registry.add_report(ReportRecord(jobs["acme"].id, result.arch, 0.8125, 0.5, 1.5, 64, 16, 2.0, 2.75))
+        report = ReportRecord(
+            jobs["acme"].id, result.arch, 0.8125, 0.5, 1.5, 64, 16, 2.0, 2.75, epochs_done=17
+        )
+        registry.add_report(report)
         yield Fleet(registry, keys, {tenant: registry.get_job(job.id) for tenant, job in jobs.items()})  # type: ignore[misc]
 
 
@@ -198,7 +201,7 @@ def test_the_job_page_shows_the_curve_subnet_and_archive(client: TestClient, fle
     assert html.count('class="delivered"') == 1
     for name in result.values:
         assert f"<th>{name}</th>" in html
-    assert "0.8125" in html  # the training report
+    assert "0.8125" in html and '<td class="num">17</td>' in html  # the training report, its epochs
     links = re.findall(r"""(?:src|href)=["']([^"']+)""", html)
     assert links and all(link.startswith(("/dashboard/", "#")) for link in links), links  # all local
 
@@ -211,6 +214,7 @@ def test_the_fleet_page_shows_devices_subnets_latency_and_reports(client: TestCl
     predicted = PROFILE["overhead_ms"] + result.flops / PROFILE["flops_per_ms"]  # type: ignore[operator]
     assert 'data-device="cam-1"' in html and ">mobile<" in html and "400k" in html
     assert f"{predicted:.4g}" in html and "2.75" in html and "0.8125" in html
+    assert "<th>Epochs</th>" in html and '<td class="num">17</td>' in html
 
 
 # -- the mount, the docs and the command ---------------------------------------------------------------------
