@@ -1,6 +1,7 @@
-"""Reports carry the run and round that trained them (registry schema version 5), on SQLite and
-PostgreSQL: stored and checked, added in place to a version 4 database (older reports keep neither),
-and shown by ``nasfleet registry list --what reports`` within 100 columns, whole in JSON."""
+"""Reports carry the run and round that trained them (registry schema version 5) and the epochs the device
+trained (version 6), on SQLite and PostgreSQL: stored and checked, added in place to a version 4 or 5
+database (older reports keep none), and shown by ``nasfleet registry list --what reports`` within 100
+columns, whole in JSON."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from typer.testing import CliRunner
 
+from nasfleet.bounds import MAX_EPOCHS
 from nasfleet.cli import app
 from nasfleet.server.registry import SCHEMA_VERSION, EvaluationRecord, Registry, RegistryError, ReportRecord
 from nasfleet.server.registry import ResultRecord as Result
@@ -37,6 +39,16 @@ def _sql(url: str, statement: str) -> list[Any]:
         with engine.begin() as connection:
             result = connection.execute(text(statement))
             return list(result) if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
+def _report_columns(url: str) -> dict[str, Any]:
+    """The reports table's columns, by name, as the database describes them."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return {c["name"]: c for c in inspect(connection).get_columns("reports")}
     finally:
         engine.dispose()
 
@@ -84,12 +96,7 @@ def test_a_version_4_database_gets_report_runs_in_place(registry: Registry, url:
     assert kept == [old] and (old.run, old.round) == (None, None)
     assert (new.run, new.round) == (RUN, 2)
     assert _sql(url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)] and SCHEMA_VERSION >= 5
-    engine = create_engine(url)
-    try:
-        with engine.connect() as connection:
-            columns = {c["name"]: c for c in inspect(connection).get_columns("reports")}
-    finally:
-        engine.dispose()
+    columns = _report_columns(url)
     assert columns["run"]["nullable"] and columns["round"]["nullable"]
     with Registry(url) as again:  # opening an up-to-date database changes nothing
         assert len(again.list_reports()) == 2
@@ -126,3 +133,41 @@ def test_the_reports_listing_shows_run_and_round_within_100_columns(tmp_path: Pa
         assert any("15.25/12.5" in line for line in lines), "latency as predicted/measured"
     reports = json.loads(data.stdout)
     assert [(r["run"], r["round"]) for r in reports] == [(run, 1), (run, 2), (None, None)]
+
+
+def test_a_report_keeps_its_epochs_and_bad_counts_are_refused(registry: Registry) -> None:
+    # Prepare
+    job_id = _done_job(registry)
+    # Execute
+    stored = [registry.add_report(ReportRecord(job_id, "x", 0.9, 0.1, 1.0, 10, 10, epochs_done=e))
+              for e in (0, 7, MAX_EPOCHS, None)]  # fmt: skip
+    # Assert: kept as given, and read back; every count outside [0, MAX_EPOCHS] is refused naming the field
+    assert [r.epochs_done for r in stored] == [0, 7, MAX_EPOCHS, None]
+    assert [r.epochs_done for r in registry.list_reports(job_id=job_id)] == [0, 7, MAX_EPOCHS, None]
+    assert [r["epochs_done"] for r in registry.export()["reports"]] == [0, 7, MAX_EPOCHS, None]
+    for bad in (-1, MAX_EPOCHS + 1, True, 2.5):
+        message = f"epochs_done must be an integer in [0, {MAX_EPOCHS}], but got {bad!r}"
+        with pytest.raises(RegistryError, match=f"^{re.escape(message)}"):
+            registry.add_report(ReportRecord(job_id, "x", 0.9, 0.1, 1.0, 10, 10, epochs_done=bad))  # type: ignore[arg-type]
+    assert len(registry.list_reports()) == 4, "a refused report stores nothing"
+
+
+def test_a_version_5_database_gets_report_epochs_in_place(registry: Registry, url: str) -> None:
+    # Prepare: a report, then the database as version 5 left it (reports without epochs_done)
+    job_id = _done_job(registry)
+    old = registry.add_report(ReportRecord(job_id, "x", 0.9, 0.1, 1.0, 10, 10, run="nightly", round=1))
+    registry.close()
+    _sql(url, "ALTER TABLE reports DROP COLUMN epochs_done")
+    _sql(url, "UPDATE schema_version SET version = 5")
+    # Execute
+    with Registry(url) as reopened:
+        kept = reopened.list_reports(job_id=job_id)
+        new = reopened.add_report(ReportRecord(job_id, "x", 0.8, 0.2, 1.0, 10, 10, epochs_done=3))
+    # Assert: the old report is whole, with no epochs; new ones keep theirs; version 6 recorded
+    assert kept == [old] and (old.run, old.round, old.epochs_done) == ("nightly", 1, None)
+    assert new.epochs_done == 3
+    assert _sql(url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)] and SCHEMA_VERSION == 6
+    columns = _report_columns(url)
+    assert columns["epochs_done"]["nullable"]
+    with Registry(url) as again:  # opening an up-to-date database changes nothing
+        assert [r.epochs_done for r in again.list_reports()] == [None, 3]
