@@ -10,6 +10,8 @@ reused; the training runs again); a finished run's registry export is kept and n
     .venv/bin/python experiments/personalization/real_devices.py --summarize   # real_devices.md/.json
 
 ``--rounds R`` passes R to every run; the summary gives the kept best after each round.
+``--train-max-seconds S`` passes each local training's time cap (the command's default: 60 s); where the
+exports keep the epochs done (registry schema 6), the summary counts the trainings it cut short.
 
 No ground truth is read: every number is a device's own held-out accuracy from its training report.
 """
@@ -29,11 +31,12 @@ from typing import Any
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "real_devices"
 CLIENTS = 8
+EPOCHS = 20  # simulate's --train-epochs, which every run keeps
 
 
-def run(dataset: str, seed: int, clients: int, results: Path = RESULTS, rounds: int | None = None) -> Path:
-    """One simulate run (*rounds* None: the command's default); its registry export (JSON) is the result.
-    Skipped if already exported."""
+def run(dataset: str, seed: int, clients: int, results: Path = RESULTS, extra: tuple[str, ...] = ()) -> Path:
+    """One simulate run with the *extra* options; its registry export (JSON) is the result. Skipped if
+    already exported."""
     out = results / f"{dataset}-seed-{seed}.json"
     if out.exists():
         return out
@@ -45,7 +48,7 @@ def run(dataset: str, seed: int, clients: int, results: Path = RESULTS, rounds: 
     name = f"study-{dataset}-{seed}"
     command = [sys.executable, "-m", "nasfleet.cli", "simulate", "--clients", str(clients), "--dataset",
                dataset, "--seed", str(seed), "--registry", url, "--name", name]  # fmt: skip
-    command += [] if rounds is None else ["--rounds", str(rounds)]
+    command += extra
     print(" ".join(command[1:]), file=sys.stderr, flush=True)
     done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL)  # a failed device: exit 1, kept
     subprocess.run([sys.executable, "-m", "nasfleet.cli", "registry", "export", "--registry", url, "--out",
@@ -100,6 +103,8 @@ def summarize(results: Path = RESULTS, out: Path = HERE) -> dict[str, Any]:
         rows = devices(json.loads(path.read_text()))
         found.setdefault(dataset, {})[seed] = rows
     summary: dict[str, Any] = {}
+    for dataset, short in short_trainings(results).items():
+        summary.setdefault(dataset, {})["short_trainings"] = short
     for dataset, seeds in found.items():
         rows = [row for seed_rows in seeds.values() for row in seed_rows if row["complete"]]
         gains = [row["best"] - row["shared"] for row in rows]
@@ -115,6 +120,7 @@ def summarize(results: Path = RESULTS, out: Path = HERE) -> dict[str, Any]:
             len({row["subnet"] for row in seed_rows if row["complete"]}) for seed_rows in seeds.values()
         ]
         summary[dataset] = {
+            **summary.get(dataset, {}),
             "seeds": sorted(seeds, key=int), "devices": len(rows),
             "incomplete": sum(not row["complete"] for s in seeds.values() for row in s),
             "round1": statistics.mean(r["round1"] for r in rows),
@@ -137,6 +143,19 @@ def summarize(results: Path = RESULTS, out: Path = HERE) -> dict[str, Any]:
     (out / "real_devices.json").write_text(json.dumps(document, indent=2) + "\n")
     write_report(summary, found, out)
     return summary
+
+
+def short_trainings(results: Path) -> dict[str, dict[str, int]]:
+    """Per dataset, the trainings that stopped before `EPOCHS` (the time cap), of those whose report says."""
+    found: dict[str, dict[str, int]] = {}
+    for path in sorted(results.glob("*-seed-*.json")):
+        done = [r.get("epochs_done") for r in json.loads(path.read_text())["reports"]]
+        known = [e for e in done if e is not None]
+        if known:
+            count = found.setdefault(path.stem.split("-seed-")[0], {"short": 0, "known": 0})
+            count["short"] += sum(e < EPOCHS for e in known)
+            count["known"] += len(known)
+    return found
 
 
 def after_round(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
@@ -181,6 +200,12 @@ def _markdown(summary: dict[str, Any], found: dict[str, Any]) -> list[str]:
         for a in row["after_round"]:
             lines.append(f"| {dataset} | {a['round']} | {100 * a['kept']:.1f} | {a['gain_points']:+.1f} | "
                          f"{a['beats_shared']:.0%} | {a['ties_with_shared']:.0%} |")  # fmt: skip
+    for dataset, row in summary.items():
+        if "short_trainings" in row:
+            s = row["short_trainings"]
+            lines.append(
+                f"\n{dataset}: {s['short']} of {s['known']} trainings stopped before {EPOCHS} epochs."
+            )
     lines += ["", "| dataset | own tries, not the tier's arch | minus tier's shared (points, mean ± se) | "
               "better | worse |", "|---|---|---|---|---|"]  # fmt: skip
     for dataset, row in summary.items():
@@ -237,6 +262,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--clients", type=int, default=CLIENTS)
     parser.add_argument("--rounds", type=int, help="Rounds per run (default: the command's).")
+    parser.add_argument(
+        "--train-max-seconds", type=float, help="Each training's cap (default: the command's)."
+    )
     parser.add_argument("--summarize", action="store_true", help="Only summarize what has run.")
     parser.add_argument("--results", type=Path, default=RESULTS, help="Where the runs' exports go.")
     parser.add_argument("--out", type=Path, help="Where real_devices.md/.json/.png go (default: beside the "
@@ -244,10 +272,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.out is None:  # another --results never overwrites the default results' summary
         args.out = HERE if args.results == RESULTS else args.results
+    options = (("--rounds", args.rounds), ("--train-max-seconds", args.train_max_seconds))
+    extra = tuple(text for option, value in options if value is not None for text in (option, str(value)))
     if not args.summarize:
         for dataset in args.datasets:
             for seed in args.seeds:
-                run(dataset, seed, args.clients, args.results, args.rounds)
+                run(dataset, seed, args.clients, args.results, extra)
     print(json.dumps(summarize(args.results, args.out), indent=2))
 
 
