@@ -83,6 +83,7 @@ def run_seed(seed: int, args: argparse.Namespace, batch: ProbeBatch, cache: Json
     settings = LoopSettings(
         rounds=args.reports, first_budget=args.first, round_budget=args.ask,
         fleet_weight=args.fleet_weight, kappa=args.kappa, regressor=args.regressor,
+        spread=not args.per_device,
     )  # fmt: skip
     runs = run_fleet(space, sources, batch, config, settings, tenant="bench", cache=cache)
     reports = [
@@ -141,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reports", type=int, default=20, help="Rounds, one report per device each.")
     parser.add_argument("--fleet-weight", type=float, default=1.0)
     parser.add_argument("--kappa", type=float, default=0.0)
+    parser.add_argument("--per-device", action="store_true", help="Send what the device has not trained "
+                        "(LoopSettings.spread False), not what no device of the fleet has.")  # fmt: skip
     parser.add_argument("--regressor", choices=REGRESSORS, default="bayesian-ridge", help="DeviceModel's.")
     parser.add_argument("--tree-params", type=json.loads, default={}, help="JSON updating TREE_SETTINGS.")
     parser.add_argument("--probe-seed", type=int, default=0)

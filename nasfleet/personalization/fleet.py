@@ -8,7 +8,8 @@ Each device has its own search (`SearchLoop`: its strategy, archive and limits).
    aggregate; from round 2 on the device's model ranks (`DeviceModel.predict`), so the reports steer
    where the strategy looks next;
 2. **send**: the ``per_round`` archive members of highest acquisition that no device of the fleet was
-   sent yet (the fleet spreads its reports; the others' reports reach each model as the fleet prior);
+   sent yet (``spread``: the fleet spreads its reports; the others' reports reach each model as the
+   fleet prior), or, with ``spread`` False, that this device was not sent yet (as the service's rounds);
 3. **report**: the device trains each and reports (`Report`, checked by `check_report`);
 4. **fit**: every device's model is refitted to all reports of the fleet (its own with weight 1, the
    others' with ``fleet_weight``).
@@ -54,6 +55,7 @@ class LoopSettings:
     fleet_weight: float = 1.0
     kappa: float = 0.0
     regressor: str = "bayesian-ridge"
+    spread: bool = True
 
     def __post_init__(self) -> None:
         check_regressor(self.regressor)
@@ -163,6 +165,7 @@ def run_fleet(
                 search_until(run, settings.first_budget + (number - 1) * settings.round_budget)
         fresh, taken = [], {o.arch for o in observations}
         for name, run in runs.items():
+            taken = taken if settings.spread else set(run.sent)
             for arch, prior in [] if run.error else send(run, settings.per_round, taken):
                 try:
                     report = check_report(run.source.report(arch, number), tenant, run.sent)
