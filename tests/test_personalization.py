@@ -191,6 +191,23 @@ def test_a_fleet_runs_rounds_spreads_its_reports_and_lets_the_model_drive_the_se
         assert (run.rounds[-1].arch, run.rounds[-1].reported) == (best.arch, best.accuracy)
 
 
+def test_without_spreading_devices_with_one_archive_train_the_same_best_and_never_one_twice() -> None:
+    # Prepare: two devices whose searches are identical (same config and probe), so are their archives
+    settings = LoopSettings(rounds=3, first_budget=16, round_budget=0, spread=False)
+    sources = {name: BenchmarkDevice(name, "cifar10_test", conv_table(), budget=3, tenant="acme", seed=i)
+               for i, name in enumerate("ab")}  # fmt: skip
+    # Execute
+    runs = run_fleet(SPACE, sources, batch(), fleet_config(), settings, tenant="acme")
+    # Assert: each gets the zero-cost best in round 1 (spreading would give "b" the second best); no
+    # device is sent an arch twice; the later rounds choose within the archive (no more evaluations)
+    a, b = runs["a"], runs["b"]
+    best = max(a.zero_cost_priors().items(), key=lambda item: item[1])[0]
+    assert a.sent[0] == b.sent[0] == best
+    for run in (a, b):
+        assert len(run.sent) == len(set(run.sent)) == 3 and set(run.sent) <= set(run.loop.archive.archs)
+        assert [record.evaluations for record in run.rounds] == [16, 16, 16]
+
+
 class LyingDevice(BenchmarkDevice):
     def report(self, arch: str, round: int = 1) -> Report:
         return Report(self.tenant, self.name, arch, float("nan"), round)

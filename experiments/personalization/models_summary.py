@@ -44,19 +44,20 @@ def measure(runs: list[dict], tables: dict[str, dict[str, float]]) -> dict:
 
 
 def table(results: dict[str, dict], seeds: list[int]) -> list[str]:
-    at = POINTS.index(10)
+    """The first of *results* is the baseline the others are compared with."""
+    at, baseline = POINTS.index(10), next(iter(results))
     lines = [
         f"Seeds {seeds}. Accuracy (%) at 10 reports per device, mean ± sample std over seeds; the paired "
-        f"difference to {BASELINE} on the 3-task mean, ± its standard error (std / √n).",
+        f"difference to {baseline} on the 3-task mean, ± its standard error (std / √n).",
         "",
         "| variant | C10 | C100 | IN16 | 3-task mean | paired diff ± s.e. | fit ms per refit (median/max) |",
         "|---|---|---|---|---|---|---|",
     ]
-    base = np.array(results[BASELINE]["mean3"][at]) if BASELINE in results else None
+    base = np.array(results[baseline]["mean3"][at])
     for name, r in results.items():
         cells = [_ms(r["per_task"][t][at]) for t in TASKS] + [_ms(r["mean3"][at])]
         diff = "—"
-        if base is not None and name != BASELINE:
+        if name != baseline:
             d = np.array(r["mean3"][at]) - base
             diff = f"{d.mean():+.2f} ± {d.std(ddof=1) / np.sqrt(len(d)):.2f}"
         fit = f"{r['fit_ms']['median']:.1f} / {r['fit_ms']['max']:.1f}"
@@ -88,7 +89,7 @@ def plot(results: dict[str, dict], path: Path, seeds: list[int]) -> None:
         series = [("mean of 3 tasks", r["mean3"])] + [(t, r["per_task"][t]) for t in TASKS]
         for ax, (title, values) in zip(axes, series, strict=True):
             mean = [np.mean(v) for v in values]
-            ax.plot(range(len(POINTS)), mean, "o-" if name == BASELINE else ".--", label=name)
+            ax.plot(range(len(POINTS)), mean, "o-" if name == next(iter(results)) else ".--", label=name)
             ax.set_title(title)
     for ax in axes:
         ax.set_xticks(range(len(POINTS)), [str(n) for n in POINTS])
@@ -105,13 +106,14 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=HERE / "results" / "models")
     parser.add_argument("--seeds", nargs="+", type=int, default=[100, 101, 102, 103, 104])
     parser.add_argument("--variants", nargs="*", help="Folders to compare (default: every complete one).")
+    parser.add_argument("--baseline", default=BASELINE, help="The variant the others are compared with.")
     parser.add_argument("--plot", type=Path, help="Write the curves here (e.g. models.png).")
     parser.add_argument("--table", type=Path, default=SHARED / "nas-bench-201" / "nb201-accuracy-200ep.csv")
     args = parser.parse_args()
     tables = {task: read_table(args.table, task) for task in TASKS}
     folders = [args.results / v for v in args.variants] if args.variants else sorted(args.results.iterdir())
     complete = [f for f in folders if all((f / f"seed-{s}.json").exists() for s in args.seeds)]
-    complete.sort(key=lambda f: f.name != BASELINE)
+    complete.sort(key=lambda f: f.name != args.baseline)
     results = {f.name: measure(load(f, args.seeds), tables) for f in complete}
     print("\n".join(table(results, args.seeds)))
     name = "models-" + "-".join(str(s) for s in (args.seeds[0], args.seeds[-1])) + ".json"

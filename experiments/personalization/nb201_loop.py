@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--strategy", default="evolution")
     parser.add_argument("--budget", type=int, default=300, help="Zero-cost evaluations per device.")
-    parser.add_argument("--first", type=int, default=200, help="Zero-cost evals before round 1.")
+    parser.add_argument(
+        "--first", type=int, default=300, help="Zero-cost evals before round 1 (stop 30: 300, was 200)."
+    )
     parser.add_argument("--ask", type=int, default=8, help="Archs per step; also each later round's evals.")
     parser.add_argument("--reports", type=int, default=20, help="Rounds, one report per device each.")
     parser.add_argument("--fleet-weight", type=float, default=1.0)
