@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nasfleet.data.partition import (
+    MIN_DEVICE_SAMPLES,
+    device_partition,
     label_histogram,
     partition,
     partition_dirichlet,
@@ -80,11 +82,39 @@ def test_dirichlet_gives_every_client_at_least_min_size() -> None:
     assert min(part.size for part in parts) >= 40
 
 
-def test_dirichlet_gives_up_after_max_attempts_with_a_clear_error() -> None:
-    with pytest.raises(
-        ValueError, match=r"at least min_size=100 samples, but 5 Dirichlet draws with alpha=0.01"
-    ):
-        partition_dirichlet(_labels(), 10, alpha=0.01, seed=0, min_size=100, max_attempts=5)
+def test_a_draw_that_leaves_a_client_short_is_mended_keeping_the_rest() -> None:
+    # Prepare: alpha 0.01 puts each class on about one client, so one draw leaves most clients short
+    labels = _labels()
+    drawn = partition_dirichlet(labels, 10, alpha=0.01, seed=0, max_attempts=1, min_size=0)
+    short = [i for i, part in enumerate(drawn) if part.size < 30]
+    # Execute
+    parts = partition_dirichlet(labels, 10, alpha=0.01, seed=0, max_attempts=1, min_size=30)
+    # Assert: every client has its 30, the cover is exact, the short clients kept what they had and
+    # only took samples, the others only gave; it is a pure function of the seed
+    assert len(short) >= 3 and min(part.size for part in parts) >= 30
+    _assert_exact_cover(parts, labels.size)
+    for i, (before, after) in enumerate(zip(drawn, parts, strict=True)):
+        kept = np.intersect1d(before, after)
+        assert kept.size == (before.size if i in short else after.size), i
+    again = partition_dirichlet(labels, 10, alpha=0.01, seed=0, max_attempts=1, min_size=30)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+    # the whole data at the least: every client exactly its share
+    exact = partition_dirichlet(labels, 10, alpha=0.01, seed=0, min_size=100)
+    assert [part.size for part in exact] == [100] * 10
+
+
+def test_a_simulated_fleet_gives_every_device_enough_to_train_where_the_data_allows() -> None:
+    # Prepare: 1,000 samples over 256 devices with strong skew (alone, some devices get 0 or 1)
+    labels = _labels()
+    alone = partition(labels, "dirichlet:0.1", 256, seed=0)
+    # Execute
+    parts = device_partition(labels, "dirichlet:0.1", 256, seed=0)
+    scarce = device_partition(labels[:300], "dirichlet:0.5", 256, seed=0)  # 1 per device is all there is
+    # Assert
+    assert min(part.size for part in alone) < MIN_DEVICE_SAMPLES <= min(part.size for part in parts)
+    _assert_exact_cover(parts, labels.size)
+    assert min(part.size for part in scarce) == 1
+    _assert_exact_cover(scarce, 300)
 
 
 def test_shards_give_each_client_at_most_k_labels_when_shards_align_with_classes() -> None:

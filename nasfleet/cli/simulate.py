@@ -145,7 +145,7 @@ def simulate(
     Every run has a name (--name), printed last: the same command with it resumes the run.
     """
     from nasfleet.data.datasets import load_dataset
-    from nasfleet.data.partition import partition
+    from nasfleet.data.partition import device_partition
     from nasfleet.server.federation.config import RoundConfig
     from nasfleet.server.federation.local_run import FlowerRunError
     from nasfleet.server.federation.simulation import simulate as run_federation
@@ -156,7 +156,7 @@ def simulate(
     name = _run_name(name)
     check_service_options(broker, registry, local_workers)
     try:  # the devices would each fail on a bad spec; say it once, before starting Flower
-        partition(load_dataset(dataset).labels, partition_spec, clients, seed)
+        device_partition(load_dataset(dataset).labels, partition_spec, clients, seed)
     except (ValueError, FileNotFoundError) as error:
         raise typer.BadParameter(str(error)) from None
     devices: dict[str, bool | float | int | str] = {

@@ -30,7 +30,7 @@ from nasfleet.clients.device import DEVICE_TIERS, DeviceTier, assign_tiers, cali
 from nasfleet.clients.tiers import parse_tier_limits
 from nasfleet.clients.training import train_subnet
 from nasfleet.data.datasets import Dataset, load_dataset
-from nasfleet.data.partition import partition
+from nasfleet.data.partition import device_partition
 from nasfleet.protocol.messages import DeviceIdentity, DeviceProfile, MessageError, SubNetAssignment, require
 from nasfleet.protocol.wire import ConfigValue, pack, unpack
 from nasfleet.spaces import InputShape, get_space
@@ -111,7 +111,7 @@ class DeviceSetup:
 def local_dataset(setup: DeviceSetup) -> Dataset:
     """The device's local partition of the training split (cached per process: loading is not free)."""
     data = load_dataset(setup.dataset)
-    parts = partition(data.labels, setup.partition, setup.num_partitions, setup.seed)
+    parts = device_partition(data.labels, setup.partition, setup.num_partitions, setup.seed)
     return data.subset(parts[setup.partition_id])
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from nasfleet.clients.device import measure_latency_ms
 from nasfleet.data.datasets import Dataset
+from nasfleet.data.partition import MIN_DEVICE_SAMPLES
 from nasfleet.protocol.messages import SubNetAssignment, TrainConfig, TrainingReport
 from nasfleet.spaces import ArchitectureError, Genome, SearchSpace, get_space
 
@@ -47,8 +48,10 @@ def stratified_split(labels: Indices, test_fraction: float, seed: int) -> tuple[
     the split is a pure function of the labels, the fraction and the seed.
     """
     size = labels.size
-    if size < 2:
-        raise ValueError(f"the local dataset must hold >= 2 samples to hold some out, but got {size}")
+    if size < MIN_DEVICE_SAMPLES:
+        raise ValueError(
+            f"the local dataset must hold >= {MIN_DEVICE_SAMPLES} samples to hold some out, but got {size}"
+        )
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must lie in (0, 1), but got {test_fraction}")
     rng = np.random.default_rng(seed)

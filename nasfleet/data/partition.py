@@ -16,7 +16,8 @@ Indices = npt.NDArray[np.int64]
 
 PARTITION_FORMS = "'iid', 'dirichlet:ALPHA' (ALPHA > 0) or 'shards:K' (K >= 1)"
 DEFAULT_MIN_SIZE = 1
-DEFAULT_MAX_ATTEMPTS = 1000
+MIN_DEVICE_SAMPLES = 2  # a device trains on some and holds some out (`nasfleet.clients.training`)
+DEFAULT_MAX_ATTEMPTS = 10  # draws before the last one is mended
 
 
 def _check_labels(labels: npt.ArrayLike) -> npt.NDArray[np.int64]:
@@ -93,8 +94,9 @@ def partition_dirichlet(
 
     Small ``alpha`` concentrates each class on few clients (strong skew); large ``alpha`` approaches an
     IID split. Client sizes vary too (quantity skew follows from label skew). The whole draw is repeated,
-    from the same generator, until every client holds at least ``min_size`` samples; after
-    ``max_attempts`` draws a `ValueError` says so.
+    from the same generator, until every client holds at least ``min_size`` samples. If none of
+    ``max_attempts`` draws does, the last one is mended (`_mend`): each client short of ``min_size``
+    takes random samples from the largest clients, so the guarantee always holds.
     """
     array = _check_labels(labels)
     _check_clients(num_clients, array.size)
@@ -113,11 +115,19 @@ def partition_dirichlet(
         parts = _dirichlet_attempt(array, num_clients, alpha, rng)
         if min(part.size for part in parts) >= min_size:
             return parts
-    raise ValueError(
-        f"every client must get at least min_size={min_size} samples, but {max_attempts} Dirichlet draws "
-        f"with alpha={alpha} over {num_clients} clients and {array.size} samples all left a client short; "
-        f"raise alpha or lower min_size or num_clients"
-    )
+    return _mend(parts, min_size, rng)
+
+
+def _mend(parts: list[Indices], min_size: int, rng: np.random.Generator) -> list[Indices]:
+    """*parts* with every client raised to ``min_size``: in client order, each short client takes one
+    random sample at a time from the largest client (the first of equal ones). Feasible whenever
+    ``min_size * len(parts)`` samples exist, since a donor always holds more than ``min_size``."""
+    mended = [list(part) for part in parts]
+    for short in mended:
+        while len(short) < min_size:
+            donor = max(mended, key=len)
+            short.append(donor.pop(int(rng.integers(len(donor)))))
+    return [np.sort(np.asarray(part, dtype=np.int64)) for part in mended]
 
 
 def partition_shards(
@@ -170,3 +180,10 @@ def partition(
         shards = int(_spec_number(spec, argument, int))
         return partition_shards(labels, num_clients, shards, seed)
     raise ValueError(f"partition spec must be one of {PARTITION_FORMS}, but got {spec!r}")
+
+
+def device_partition(labels: npt.ArrayLike, spec: str, num_clients: int, seed: int) -> list[Indices]:
+    """`partition` for a simulated fleet: every device gets `MIN_DEVICE_SAMPLES` samples, so that it can
+    train and hold some out, wherever the data has that many per device (else as many as it has)."""
+    size = np.asarray(labels).size
+    return partition(labels, spec, num_clients, seed, min(MIN_DEVICE_SAMPLES, size // max(num_clients, 1)))
