@@ -208,6 +208,33 @@ def test_without_spreading_devices_with_one_archive_train_the_same_best_and_neve
         assert [record.evaluations for record in run.rounds] == [16, 16, 16]
 
 
+def test_keeping_by_the_model_picks_the_reported_arch_of_highest_mean_and_sends_the_same() -> None:
+    # Prepare: a device whose reports are mostly noise (sd 30 points on a 0-48 point table)
+    def fleet(keep: str) -> dict:
+        sources = {name: BenchmarkDevice(name, "cifar10_test", conv_table(), budget=5, tenant="acme",
+                                         seed=i, noise=30.0) for i, name in enumerate("abc")}  # fmt: skip
+        settings = LoopSettings(rounds=5, first_budget=16, round_budget=0, keep=keep)
+        return run_fleet(SPACE, sources, batch(), fleet_config(), settings, tenant="acme")
+
+    # Execute
+    by_report, by_model = fleet("report"), fleet("model")
+    # Assert: the rule changes only what a device keeps, never what it is sent or reports
+    picks = []
+    for name, run in by_model.items():
+        assert run.sent == by_report[name].sent
+        assert [r.accuracy for r in run.reports] == [r.accuracy for r in by_report[name].reports]
+        prior = run.zero_cost_priors()
+        mean = run.model.predict([r.arch for r in run.reports], [prior[r.arch] for r in run.reports])[0]
+        kept = run.reports[int(np.argmax(mean))]
+        assert (run.rounds[-1].arch, run.rounds[-1].reported) == (kept.arch, kept.accuracy)
+        best = max(by_report[name].reports, key=lambda r: r.accuracy)
+        assert by_report[name].rounds[-1].arch == best.arch
+        picks.append(kept.arch != best.arch)
+    assert any(picks), "with this much noise the model's pick differs from the best report somewhere"
+    with pytest.raises(ValueError, match=r"keep must be one of \('report', 'model'\), but got 'best'"):
+        LoopSettings(keep="best")
+
+
 class LyingDevice(BenchmarkDevice):
     def report(self, arch: str, round: int = 1) -> Report:
         return Report(self.tenant, self.name, arch, float("nan"), round)

@@ -52,7 +52,8 @@ def archive_of(run: dict, batch: ProbeBatch, cache: JsonlCache) -> list[str]:
     """The seed's zero-cost archive, replayed with the loop's own search settings."""
     config = search_config(run)
     space = get_space(config.space)
-    result = run_search(space, make_strategy(space, config, batch), batch, config, progress=False, cache=cache)
+    strategy = make_strategy(space, config, batch)
+    result = run_search(space, strategy, batch, config, progress=False, cache=cache)
     if result.best_arch != run["zero_cost"]["arch"]:
         raise SystemExit(f"seed {run['seed']}: the replay found {result.best_arch}, not the run's arch")
     return [entry.arch for entry in result.archive]

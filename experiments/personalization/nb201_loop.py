@@ -35,6 +35,7 @@ from run import JsonlCache  # noqa: E402  (the search study's persistent proxy-v
 
 from nasfleet.data.datasets import load_dataset  # noqa: E402
 from nasfleet.personalization import (  # noqa: E402
+    KEEP_RULES,
     BenchmarkDevice,
     DeviceRun,
     LoopSettings,
@@ -83,7 +84,7 @@ def run_seed(seed: int, args: argparse.Namespace, batch: ProbeBatch, cache: Json
     settings = LoopSettings(
         rounds=args.reports, first_budget=args.first, round_budget=args.ask,
         fleet_weight=args.fleet_weight, kappa=args.kappa, regressor=args.regressor,
-        spread=not args.per_device,
+        spread=not args.per_device, keep=args.keep,
     )  # fmt: skip
     runs = run_fleet(space, sources, batch, config, settings, tenant="bench", cache=cache)
     reports = [
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kappa", type=float, default=0.0)
     parser.add_argument("--per-device", action="store_true", help="Send what the device has not trained "
                         "(LoopSettings.spread False), not what no device of the fleet has.")  # fmt: skip
+    parser.add_argument("--keep", choices=KEEP_RULES, default="report", help="LoopSettings.keep: a device "
+                        "keeps its best report, or the reported arch of highest model mean.")  # fmt: skip
     parser.add_argument("--regressor", choices=REGRESSORS, default="bayesian-ridge", help="DeviceModel's.")
     parser.add_argument("--tree-params", type=json.loads, default={}, help="JSON updating TREE_SETTINGS.")
     parser.add_argument("--probe-seed", type=int, default=0)

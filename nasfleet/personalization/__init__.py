@@ -6,11 +6,19 @@ the per-device model (zero-cost prior, architecture, the fleet's reports); `flee
 
 from __future__ import annotations
 
-from nasfleet.personalization.fleet import DeviceRun, LoopSettings, ReportSource, RoundRecord, run_fleet
+from nasfleet.personalization.fleet import (
+    KEEP_RULES,
+    DeviceRun,
+    LoopSettings,
+    ReportSource,
+    RoundRecord,
+    run_fleet,
+)
 from nasfleet.personalization.model import DeviceModel, Observation, arch_features
 from nasfleet.personalization.reports import BenchmarkDevice, Report, ReportError, check_report, read_table
 
 __all__ = [
+    "KEEP_RULES",
     "BenchmarkDevice",
     "DeviceModel",
     "DeviceRun",

@@ -14,8 +14,9 @@ Each device has its own search (`SearchLoop`: its strategy, archive and limits).
 4. **fit**: every device's model is refitted to all reports of the fleet (its own with weight 1, the
    others' with ``fleet_weight``).
 
-A device's SubNet after any round is the one it reported best; before any report it is the zero-cost
-best. Rounds are synchronous: every device searches, then every device reports, then all models refit.
+A device's SubNet after any round is the one it reported best (or, with ``keep`` "model", the reported
+arch of highest model mean); before any report it is the zero-cost best. Rounds are synchronous: every
+device searches, then every device reports, then all models refit.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class ReportSource(Protocol):
     def report(self, arch: str, round: int = 1) -> Report: ...
 
 
+KEEP_RULES = ("report", "model")
+"""How a device picks its SubNet among what it reported: its best report, or its model's best mean."""
+
+
 @dataclass(frozen=True)
 class LoopSettings:
     """How a fleet's closed loop runs; see the module docstring."""
@@ -56,9 +61,12 @@ class LoopSettings:
     kappa: float = 0.0
     regressor: str = "bayesian-ridge"
     spread: bool = True
+    keep: str = "report"
 
     def __post_init__(self) -> None:
         check_regressor(self.regressor)
+        if self.keep not in KEEP_RULES:
+            raise ValueError(f"keep must be one of {KEEP_RULES}, but got {self.keep!r}")
         for name, low in (("rounds", 1), ("per_round", 1), ("first_budget", 1), ("round_budget", 0)):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= low):
@@ -94,13 +102,21 @@ class DeviceRun:
         archive, config = self.loop.archive, self.loop.config
         return dict(priors(archive.archs, archive.fitness(config.aggregate, config.labeled)))
 
-    def subnet(self) -> tuple[str, float | None]:
-        """The SubNet this device would get now: the one it reported best, else the zero-cost best."""
-        if self.reports:
-            best = max(self.reports, key=lambda r: r.accuracy)  # the first of equal reports
-            return best.arch, best.accuracy
+    def subnet(self, keep: str = "report") -> tuple[str, float | None]:
+        """The SubNet this device would get now, among the archs it reported: the one it reported best
+        (``keep`` "report"), or the one of highest model mean (``keep`` "model": a single noisy report
+        is shrunk toward what the device's other reports and the fleet's say); with no report yet, the
+        zero-cost best. Ties go to the first reported."""
         prior = self.zero_cost_priors()
-        return max(prior, key=lambda arch: prior[arch]), None
+        if not self.reports:
+            return max(prior, key=lambda arch: prior[arch]), None
+        if keep == "model":
+            archs = [r.arch for r in self.reports]
+            mean = self.model.predict(archs, [prior[a] for a in archs])[0]
+            best = self.reports[int(np.argmax(mean))]
+        else:
+            best = max(self.reports, key=lambda r: r.accuracy)
+        return best.arch, best.accuracy
 
 
 def model_rank(run: DeviceRun) -> Callable[[Archive], np.ndarray]:
@@ -178,6 +194,6 @@ def run_fleet(
         for run in runs.values():
             run.model.fit(observations)
             run.loop.rank = model_rank(run)
-            arch, reported = run.subnet()
+            arch, reported = run.subnet(settings.keep)
             run.rounds.append(RoundRecord(number, len(run.reports), run.loop.told, arch, reported))
     return runs
