@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "search"))
 
-from nb201_loop import SHARED, TASKS  # noqa: E402
+from nb201_loop import SHARED, TASKS, cache_probe  # noqa: E402
 from run import JsonlCache  # noqa: E402
 
 from nasfleet.data.datasets import load_dataset  # noqa: E402
@@ -67,13 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     runs = [json.loads(p.read_text()) for p in sorted(args.results.glob("seed-*.json"))]
     batch = ProbeBatch.from_dataset(load_dataset("cifar10", "train"), 64, 0, True)
-    config = search_config(runs[0])
-    probe = {
-        "space": "nb201", "data": "cifar10", "split": "train", "batch_size": 64,
-        "probe_seed": config.scoring_seed, "scoring_seed": config.scoring_seed, "labeled": True,
-        "proxies": list(config.proxy_names), "device": "cpu",
-    }  # fmt: skip
-    cache = JsonlCache(args.cache, probe)
+    cache = JsonlCache(args.cache, cache_probe(search_config(runs[0]).proxy_seed))
     tables = {task: read_table(args.table, task) for task in TASKS}
     rows = [f"# Archive ceiling of the NB201 closed loop ({args.results.name}, {REPORTS} reports)", "",
             "| task | seed | archive size | archive best | kept after 10 | archive members above it "

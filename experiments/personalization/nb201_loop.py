@@ -62,6 +62,16 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def cache_probe(probe_seed: int = 0) -> dict[str, Any]:
+    """The scoring inputs a proxy-value cache of this loop is keyed by: the default scorer's raw proxies
+    on 64 labeled CIFAR-10 training images, probe and scoring seed *probe_seed*, on the CPU."""
+    return {
+        "space": "nb201", "data": "cifar10", "split": "train", "batch_size": 64,
+        "probe_seed": probe_seed, "scoring_seed": probe_seed, "labeled": True,
+        "proxies": list(SearchConfig("nb201", "random", 1).proxy_names), "device": "cpu",
+    }  # fmt: skip
+
+
 def shared_arch(reports: list[dict[str, Any]], upto: int) -> str | None:
     """The fleet's one arch after round *upto*: the best standardized report of every device's reports."""
     seen = [Observation(r["device"], r["arch"], r["accuracy"], 0.0) for r in reports if r["round"] <= upto]
@@ -164,13 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         default = args.regressor == "bayesian-ridge"
         args.out = HERE / "results" / ("nb201" if default else f"models/{args.regressor}")
     batch = ProbeBatch.from_dataset(load_dataset("cifar10", "train"), 64, args.probe_seed, True)
-    names = SearchConfig("nb201", "random", 1).proxy_names
-    probe = {
-        "space": "nb201", "data": "cifar10", "split": "train", "batch_size": 64,
-        "probe_seed": args.probe_seed, "scoring_seed": args.probe_seed, "labeled": True,
-        "proxies": list(names), "device": "cpu",
-    }  # fmt: skip
-    cache = JsonlCache(args.cache, probe)
+    cache = JsonlCache(args.cache, cache_probe(args.probe_seed))
     args.out.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         path = args.out / f"seed-{seed}.json"

@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "search"))
 
+from nb201_loop import cache_probe  # noqa: E402
 from run import CACHE_VERSION  # noqa: E402
-
-from nasfleet.search import SearchConfig  # noqa: E402
 
 SCORES = HERE.parent / "correlation" / "nb201-all" / "scores.csv"
 
@@ -32,18 +32,8 @@ def main() -> None:
     parser.add_argument("--scores", type=Path, default=SCORES)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    names = SearchConfig("nb201", "random", 1).proxy_names
-    probe = {
-        "space": "nb201",
-        "data": "cifar10",
-        "split": "train",
-        "batch_size": 64,
-        "probe_seed": 0,
-        "scoring_seed": 0,
-        "labeled": True,
-        "proxies": list(names),
-        "device": "cpu",
-    }  # fmt: skip  (nb201_loop.py's probe)
+    probe = cache_probe()
+    names = probe["proxies"]
     lines = [json.dumps({"kind": "header", "version": CACHE_VERSION, "probe": probe})]
     with args.scores.open(newline="") as file:
         for row in csv.DictReader(file):
