@@ -66,8 +66,9 @@ def main() -> None:
     parser.add_argument("--table", type=Path, default=SHARED / "nas-bench-201" / "nb201-accuracy-200ep.csv")
     args = parser.parse_args()
     runs = [json.loads(p.read_text()) for p in sorted(args.results.glob("seed-*.json"))]
-    batch = ProbeBatch.from_dataset(load_dataset("cifar10", "train"), 64, 0, True)
-    cache = JsonlCache(args.cache, cache_probe(search_config(runs[0]).proxy_seed))
+    probe_seed = search_config(runs[0]).proxy_seed  # nb201_loop.py: the probe batch's seed too
+    batch = ProbeBatch.from_dataset(load_dataset("cifar10", "train"), 64, probe_seed, True)
+    cache = JsonlCache(args.cache, cache_probe(probe_seed))
     tables = {task: read_table(args.table, task) for task in TASKS}
     rows = [f"# Archive ceiling of the NB201 closed loop ({args.results.name}, {REPORTS} reports)", "",
             "| task | seed | archive size | archive best | kept after 10 | archive members above it "

@@ -107,15 +107,13 @@ class DeviceRun:
         (``keep`` "report"), or the one of highest model mean (``keep`` "model": a single noisy report
         is shrunk toward what the device's other reports and the fleet's say); with no report yet, the
         zero-cost best. Ties go to the first reported."""
-        prior = self.zero_cost_priors()
         if not self.reports:
+            prior = self.zero_cost_priors()
             return max(prior, key=lambda arch: prior[arch]), None
+        best = max(self.reports, key=lambda r: r.accuracy)
         if keep == "model":
-            archs = [r.arch for r in self.reports]
-            mean = self.model.predict(archs, [prior[a] for a in archs])[0]
-            best = self.reports[int(np.argmax(mean))]
-        else:
-            best = max(self.reports, key=lambda r: r.accuracy)
+            prior, archs = self.zero_cost_priors(), [r.arch for r in self.reports]
+            best = self.reports[int(np.argmax(self.model.predict(archs, [prior[a] for a in archs])[0]))]
         return best.arch, best.accuracy
 
 
