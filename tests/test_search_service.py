@@ -106,7 +106,8 @@ def test_search_runs_on_a_remote_worker_through_redis_and_postgresql(
 ) -> None:
     # Prepare: `nasfleet worker` started apart (as on another machine), on a Redis database of its own
     with child_process(worker_command(redis_broker, postgres_url), tmp_path / "worker.log") as proc:
-        # Execute: the search starts no worker of its own
+        # Execute: the search starts no worker of its own; it waits for the worker's first beat (a worker
+        # importing torch on a loaded machine has taken over the default 10 s)
         data = _search(
             tmp_path / "remote.json",
             "--broker",
@@ -115,6 +116,8 @@ def test_search_runs_on_a_remote_worker_through_redis_and_postgresql(
             postgres_url,
             "--local-workers",
             "0",
+            "--wait-for-workers",
+            "120",
         )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
