@@ -42,8 +42,8 @@ def main() -> None:
         f"# {FAMILIES[args.family]} ablations and label availability ({report['n']} NB201 archs, seed "
         f"{report['seed']})",
         "",
-        f"Probe data: `{report['data']}`, batch {report['batch_size']}. Every column is scored with the same",
-        "CIFAR-10 probe batch: CIFAR-100 and ImageNet16-120 images are not available here.",
+        f"Probe data: `{report['data']}`, batch {report['batch_size']}. Every column is scored with this one",
+        "probe batch: CIFAR-100 and ImageNet16-120 images are not available here.",
         "",
         "| scorer | labels | " + " | ".join(f"ρ {c}" for c in columns) + f" | τ {report['column']} |",
         "|---|---|" + "---|" * (len(columns) + 1),
